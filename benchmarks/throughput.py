@@ -1,0 +1,139 @@
+"""Training and evaluation throughput of a preset's model on this machine, printed as one JSON object.
+
+Reports training tokens/s, evaluation tokens/s, peak memory, and the model FLOP utilisation (MFU)
+against the bf16 matmul throughput measured in the same run (so the ratio is machine-relative and
+comparable across machines). Model FLOPs per token follow the PaLM appendix count: 6 x (matmul
+parameters, the output head included) + 12 x layers x model_dim x seq_len for attention.
+
+    python benchmarks/throughput.py [--preset cpu-baseline] [--steps 20] [--out benchmarks/results/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf.config import RunConfig
+from pgolf.model.gpt import GPT, is_control_tensor
+from pgolf.optim.groups import build_optimizers
+from pgolf.optim.schedule import apply_lr
+from pgolf.presets import get_preset
+from pgolf.runlog import cpu_model, peak_memory_bytes
+
+
+def matmul_flops_per_second(n: int, dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """Sustained throughput of an n x n x n matmul in `dtype`, timed for about `seconds`."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def flops_per_token(model: GPT, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward)."""
+    cfg = model.cfg
+    matmul = sum(p.numel() for name, p in model.named_parameters()
+                 if p.ndim == 2 and not is_control_tensor(name) and "tok_emb" not in name)
+    matmul += cfg.vocab_size * cfg.model_dim  # the (tied) output head is a matmul too
+    return 6.0 * matmul + 12.0 * cfg.num_layers * cfg.model_dim * seq_len
+
+
+def bench_train(cfg: RunConfig, steps: int, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = GPT(cfg.model).to(device)
+    opts = build_optimizers(model, cfg.optim)
+    apply_lr(opts, 1.0, cfg.optim.muon_momentum)
+    tc = cfg.train
+    micro = tc.train_batch_tokens // tc.grad_accum_steps
+    x = torch.randint(0, cfg.model.vocab_size, (micro // tc.train_seq_len, tc.train_seq_len), device=device)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.autocast_bf16)
+
+    def one_step() -> None:
+        for _ in range(tc.grad_accum_steps):
+            with ctx:
+                loss = model(x, x)
+            (loss / tc.grad_accum_steps).backward()
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        one_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    seconds = time.perf_counter() - t0
+    tokens_per_s = steps * tc.train_batch_tokens / seconds
+    return {"train_tokens_per_s": tokens_per_s, "train_step_ms": 1000 * seconds / steps,
+            "flops_per_token": flops_per_token(model, tc.train_seq_len), "num_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def bench_eval(cfg: RunConfig, device: torch.device, batches: int = 5) -> float:
+    torch.manual_seed(0)
+    model = GPT(cfg.model).to(device).eval()
+    seq = cfg.eval_seq_len
+    n_seq = max(cfg.eval.batch_tokens // seq, 1)
+    x = torch.randint(0, cfg.model.vocab_size, (n_seq, seq), device=device)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast_bf16)
+    with torch.inference_mode(), ctx:
+        model.per_token_nll(x, x)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            model.per_token_nll(x, x)
+    return batches * n_seq * seq / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu-baseline")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    cfg = get_preset(a.preset)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if cfg.train.autocast_bf16 else torch.float32
+    peak = matmul_flops_per_second(a.matmul_n, dtype, device)
+    train = bench_train(cfg, a.steps, device)
+    eval_tps = bench_eval(cfg, device)
+    achieved = train["train_tokens_per_s"] * train["flops_per_token"]
+    result = {
+        "benchmark": "throughput",
+        "preset": a.preset,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        **train,
+        "eval_tokens_per_s": eval_tps,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "matmul_peak_flops": peak,
+        "achieved_flops": achieved,
+        "mfu": achieved / peak,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

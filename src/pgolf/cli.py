@@ -1,0 +1,285 @@
+"""The `pgolf` command: one verb per pipeline stage, typed flags from the config dataclasses.
+
+    pgolf prepare  [--preset P] [--prepare.* --data.*]   embedded corpus -> tokenizer -> shards
+    pgolf train    [--preset P] [overrides]              train and export the artifact (no final eval)
+    pgolf eval ARTIFACT [--data.* --eval.*]              score an artifact (roundtrip from disk)
+    pgolf run      --preset P [overrides]                every stage, then a summary
+    pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
+    pgolf presets                                        list presets
+
+Flags are `--section.field VALUE` (e.g. `--model.num_layers 11`), parsed by tyro from the dataclasses
+in `config.py`. User mistakes exit with code 2 and one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+from pgolf.config import ConfigError, RunConfig, config_to_dict
+from pgolf.errors import UserError
+from pgolf.presets import PRESETS, get_preset
+
+DEFAULT_PRESET = "cpu-demo"
+USAGE = "usage: pgolf {prepare,train,eval,run,data,presets} [--preset NAME] [--section.field VALUE ...]"
+
+
+def _condense_tyro_error(text: str) -> str:
+    """tyro reports errors in a box; keep its title and first message as one line."""
+    lines = [re.sub(r"[│╭╮╰╯─]+", " ", ln).strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return "invalid arguments; run with --help"
+    kept = [lines[0]] + [ln for ln in lines[1:4] if not ln.lower().startswith(("for full helptext", "argument helptext"))]
+    return " ".join(kept).replace("  ", " ") + " (run with --help for every flag)"
+
+
+def parse_config(args: list[str], default: RunConfig, prog: str) -> RunConfig:
+    """Apply `--section.field` overrides to a preset; bad flags become a one-line UserError."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            cfg = tyro.cli(RunConfig, args=args, default=default, prog=prog,
+                           config=(tyro.conf.FlagConversionOff,))
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise UserError(_condense_tyro_error(captured.getvalue())) from None
+    return cfg.validate()
+
+
+def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    """Pull `--preset NAME` (or `--preset=NAME`) out of the argument list."""
+    rest: list[str] = []
+    preset = None
+    i = 0
+    while i < len(args):
+        if args[i] == "--preset":
+            if i + 1 >= len(args):
+                raise UserError(f"--preset needs a name; choose one of: {', '.join(PRESETS)}")
+            preset, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--preset="):
+            preset = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return preset, rest
+
+
+def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig:
+    preset, rest = split_preset(args)
+    if preset is None and require_preset:
+        raise UserError(f"{prog} needs --preset NAME; choose one of: {', '.join(PRESETS)}")
+    return parse_config(rest, get_preset(preset or DEFAULT_PRESET), prog)
+
+
+def _init_dist() -> Any:
+    from pgolf import dist
+
+    return dist.init()
+
+
+def cmd_prepare(args: list[str]) -> int:
+    """Build the tokenizer and shards of the embedded corpus for a preset's data settings."""
+    from pgolf.prepare import prepare
+
+    cfg = config_from_args(args, "pgolf prepare")
+    if cfg.data.source != "embedded":
+        raise UserError(f"data.source is {cfg.data.source!r}; `pgolf prepare` builds the embedded corpus — "
+                        f"use `pgolf data fineweb` for the challenge data")
+    prepare(cfg.prepare, cfg.data)
+    return 0
+
+
+def ensure_data(cfg: RunConfig, info: Any) -> None:
+    """Prepare the embedded corpus on rank 0 (others wait) or check that FineWeb shards exist."""
+    from pgolf import dist
+    from pgolf.data.shards import list_shards
+    from pgolf.tokenizer import load_tokenizer
+
+    if cfg.data.source == "embedded":
+        if info.is_main:
+            from pgolf.prepare import prepare
+
+            prepare(cfg.prepare, cfg.data)
+        dist.barrier()
+    else:
+        try:
+            list_shards(cfg.data.dataset_dir, "train")
+        except UserError:
+            raise UserError(f"no FineWeb shards in {cfg.data.dataset_dir}; download them with "
+                            f"`pgolf data fineweb --variant sp{cfg.model.vocab_size} --train-shards 80`") from None
+    # Shards carry no vocabulary of their own: the tokenizer must match the model's.
+    load_tokenizer(cfg.data.tokenizer_path, cfg.model.vocab_size)
+
+
+def cmd_train(args: list[str]) -> int:
+    """Train a preset (with overrides) and export its artifact; no final evaluation."""
+    from pgolf import dist
+    from pgolf.artifact import write_artifact
+    from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS
+    from pgolf.pipeline import ARTIFACT_NAME
+    from pgolf.prepare import data_fingerprint
+    from pgolf.runlog import RunLogger, run_header
+    from pgolf.train import save_raw_model, train
+
+    cfg = config_from_args(args, "pgolf train")
+    info = _init_dist()
+    try:
+        ensure_data(cfg, info)
+        run_dir = Path(cfg.out_dir) / cfg.name
+        log = RunLogger(run_dir, is_main=info.is_main)
+        log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg.data),
+                              command="pgolf train " + shlex.join(args)))
+        result = train(cfg, info, log)
+        if info.is_main:
+            save_raw_model(result.model, run_dir / "final_model.safetensors")
+            art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(),
+                                 model_config=config_to_dict(cfg.model), run_config=config_to_dict(cfg),
+                                 quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS)
+            log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
+    finally:
+        dist.shutdown()
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    """Score an artifact file on the validation shards (its own eval settings unless overridden)."""
+    from pgolf import dist
+    from pgolf.artifact import read_artifact
+    from pgolf.pipeline import eval_artifact
+
+    if not args or args[0].startswith("-"):
+        raise UserError("pgolf eval needs the artifact path first: pgolf eval runs/NAME/final_model.int8.ptz [--data.* --eval.*]")
+    path, rest = args[0], args[1:]
+    if not Path(path).exists():
+        raise UserError(f"artifact {path} does not exist; train one with `pgolf run --preset cpu-demo`")
+    preset, rest = split_preset(rest)
+    default = get_preset(preset) if preset else _config_stored_in(read_artifact(path).run_config)
+    cfg = parse_config(rest, default, "pgolf eval ARTIFACT")
+    info = _init_dist()
+    try:
+        eval_artifact(path, cfg, info)
+    finally:
+        dist.shutdown()
+    return 0
+
+
+def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:
+    """The run config an artifact was trained with, so `pgolf eval` reuses its data and eval geometry."""
+    try:
+        return _dict_to_run_config(run_config)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"the artifact's stored run config cannot be read ({exc}); pass --preset NAME") from None
+
+
+def _dict_to_run_config(d: dict[str, Any]) -> RunConfig:
+    from pgolf import config as c
+
+    sections = {"model": c.ModelConfig, "optim": c.OptimConfig, "train": c.TrainConfig, "data": c.DataConfig,
+                "prepare": c.PrepareConfig, "quant": c.QuantConfig, "eval": c.EvalConfig, "budget": c.BudgetConfig}
+    kwargs = {k: cls(**d[k]) for k, cls in sections.items() if k in d}
+    return RunConfig(name=d.get("name", "run"), out_dir=d.get("out_dir", "runs"), **kwargs)
+
+
+def cmd_run(args: list[str]) -> int:
+    """Every stage for a preset: prepare (embedded data), train, export, roundtrip, evaluate, summary."""
+    from pgolf import dist
+    from pgolf.pipeline import run
+
+    cfg = config_from_args(args, "pgolf run", require_preset=True)
+    info = _init_dist()
+    try:
+        ensure_data(cfg, info)
+        summary = run(cfg, info, command="pgolf run " + shlex.join(args))
+    finally:
+        dist.shutdown()
+    if not summary["within_byte_budget"]:
+        raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
+                        f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
+    return 0
+
+
+@dataclass
+class FinewebArgs:
+    """Download the challenge's tokenized FineWeb shards and tokenizer (needs `pip install 'pgolf[fineweb]'`)."""
+
+    variant: str = "sp1024"
+    """Tokenizer variant: sp1024 (official) or a mirror's sp4096/sp8192/byte260."""
+    train_shards: int = 80
+    """Number of 100M-token training shards to fetch (80 = 8B tokens)."""
+    root: str = "data"
+    """Local data root; shards go to ROOT/datasets/fineweb10B_VARIANT."""
+    repo_id: str | None = None
+    """Hugging Face dataset repo (default willdepueoai/parameter-golf or $MATCHED_FINEWEB_REPO_ID)."""
+    skip_manifest: bool = False
+    """Do not fetch manifest.json (use the shard counts given)."""
+    with_docs: bool = False
+    """Also fetch the raw documents (docs_selected.jsonl)."""
+
+
+def cmd_data(args: list[str]) -> int:
+    """`pgolf data fineweb ...`."""
+    from pgolf.data.fineweb import download_fineweb
+
+    if not args or args[0] != "fineweb":
+        raise UserError("usage: pgolf data fineweb --variant sp1024 --train-shards N")
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            fa = tyro.cli(FinewebArgs, args=args[1:], prog="pgolf data fineweb")
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise UserError(_condense_tyro_error(captured.getvalue())) from None
+    if fa.train_shards < 0:
+        raise UserError(f"--train-shards {fa.train_shards} must be >= 0")
+    paths = download_fineweb(variant=fa.variant, train_shards=fa.train_shards, root=fa.root, repo_id=fa.repo_id,
+                             skip_manifest=fa.skip_manifest, with_docs=fa.with_docs)
+    print(f"downloaded {len(paths)} files under {fa.root}")
+    return 0
+
+
+def cmd_presets(args: list[str]) -> int:
+    """List the presets with their model size and budget."""
+    for name, fn in PRESETS.items():
+        c = fn()
+        print(f"{name:16s} {c.model.num_layers}x{c.model.model_dim} vocab {c.model.vocab_size} | "
+              f"{c.budget.artifact_max_bytes:,} bytes | {c.train.max_wallclock_seconds:.0f} s | data {c.data.source}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "data": cmd_data,
+            "presets": cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: dispatch the verb; user mistakes print one line and exit with code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    verb, rest = args[0], args[1:]
+    if verb not in COMMANDS:
+        print(f"pgolf: error: unknown command {verb!r}; {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[verb](rest)
+    except (UserError, ConfigError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Process-group helpers: rank and world from the torchrun environment, gloo on CPU, nccl on CUDA.
+
+Every reduction is a no-op at world size 1, so call sites never branch on `distributed`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: global rank, world size, rank on this host, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def read_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's variables; (0, 1, 0) for a plain process."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world_size, local_rank
+
+
+def init(device: str = "auto") -> DistInfo:
+    """Pick the device and, under torchrun, join the process group (nccl on CUDA, gloo on CPU)."""
+    rank, world_size, local_rank = read_env()
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op on one process)."""
+    if is_active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    """In-place max over ranks (no-op on one process)."""
+    if is_active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_reduce_avg_(t: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks (no-op on one process)."""
+    if is_active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(dist.get_world_size())
+    return t
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from `src` (no-op on one process)."""
+    if is_active():
+        dist.broadcast(t, src=src)
+    return t
+
+
+def barrier() -> None:
+    if is_active():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""Evaluation: the exact val_bpb metric and the standard and sliding-window evaluators."""

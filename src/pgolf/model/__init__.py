@@ -1,0 +1,1 @@
+"""The model family: the challenge baseline GPT and its building blocks."""

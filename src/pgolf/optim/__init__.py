@@ -1,0 +1,1 @@
+"""Optimisers and schedules: Muon for block matrices, Adam for the rest, wall-clock warmdown."""

@@ -1,0 +1,197 @@
+"""Whole runs: train -> export the artifact -> reload it from disk -> evaluate -> summary.
+
+The scored number is always the one measured on the model rebuilt from the artifact file (the
+roundtrip), never the in-memory weights. Validation tokens reach only the evaluator; the trainer's
+periodic evaluation is a closure over them that returns numbers.
+"""
+
+from __future__ import annotations
+
+import lzma
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import brotli
+import numpy as np
+import torch
+
+from pgolf import dist
+from pgolf.artifact import check_budget, read_artifact, write_artifact
+from pgolf.config import EvalConfig, RunConfig, config_to_dict, model_config_from_dict
+from pgolf.data.shards import list_shards, load_tokens
+from pgolf.dist import DistInfo
+from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval
+from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS, GPT
+from pgolf.prepare import data_fingerprint, val_text_bytes
+from pgolf.runlog import RunLogger, run_header, write_json_atomic
+from pgolf.tokenizer import build_byte_luts, load_tokenizer
+from pgolf.train import save_raw_model, train
+
+ARTIFACT_NAME = "final_model.int8.ptz"
+
+
+@dataclass
+class ValData:
+    """Validation tokens (truncated for the eval geometry) with the tokenizer's byte tables."""
+
+    tokens: torch.Tensor
+    luts: Any
+    sp: Any
+
+
+def load_val_data(dataset_dir: str, tokenizer_path: str, vocab_size: int, seq_len: int, max_tokens: int = 0) -> ValData:
+    """Read every validation shard, truncate like the challenge, and build the metric's tables."""
+    sp = load_tokenizer(tokenizer_path, vocab_size)
+    tokens = torch.from_numpy(load_tokens(list_shards(dataset_dir, "val")).astype(np.int64))
+    if max_tokens:
+        tokens = tokens[: max_tokens + 1]
+    return ValData(tokens=truncate_for_eval(tokens, seq_len), luts=build_byte_luts(sp, vocab_size), sp=sp)
+
+
+def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: int, stride: int, info: DistInfo,
+             autocast_bf16: bool, progress: bool = False) -> EvalResult:
+    """Evaluate with the configured geometry on this rank's share of the windows."""
+    return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
+                    rank=info.rank, world_size=info.world_size, device=info.device,
+                    autocast_bf16=autocast_bf16, progress=progress and info.is_main)
+
+
+def reference_compression_bpb(text: bytes) -> dict[str, float]:
+    """Bits per byte that general-purpose compressors reach on the same validation text."""
+    return {
+        "xz": 8.0 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / max(len(text), 1),
+        "brotli": 8.0 * len(brotli.compress(text, quality=11)) / max(len(text), 1),
+    }
+
+
+def build_model_from_artifact(path: str | Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
+    """Rebuild the model from an artifact file alone (strict load: every tensor must match)."""
+    loaded = read_artifact(path)
+    model = GPT(model_config_from_dict(loaded.model_config)).to(device)
+    model.load_state_dict({k: v.to(device) for k, v in loaded.state.items()}, strict=True)
+    return model, loaded.run_config
+
+
+def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
+    """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
+    cfg.validate()
+    run_dir = Path(cfg.out_dir) / cfg.name
+    log = RunLogger(run_dir, is_main=info.is_main)
+    log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg.data),
+                          command=command))
+    seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
+    val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, cfg.model.vocab_size, seq_len,
+                        cfg.eval.max_tokens)
+
+    def periodic(model: torch.nn.Module, step: int) -> dict[str, float]:
+        r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, cfg.train.autocast_bf16)
+        return {"val_loss": r.loss, "val_bpb": r.bpb}
+
+    result = train(cfg, info, log, eval_callback=periodic)
+    pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s")
+
+    artifact_path = run_dir / ARTIFACT_NAME
+    if info.is_main:
+        save_raw_model(result.model, run_dir / "final_model.safetensors")
+        write_artifact(artifact_path, result.model.state_dict(), model_config=config_to_dict(cfg.model),
+                       run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS,
+                       extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+    dist.barrier()
+    t0 = time.perf_counter()
+    reloaded, _ = build_model_from_artifact(artifact_path, info.device)
+    post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    eval_seconds = time.perf_counter() - t0
+    info_bytes = _artifact_sizes(artifact_path)
+    summary = {
+        "name": cfg.name,
+        "val_bpb": post.bpb,
+        "val_loss": post.loss,
+        "pre_quant_val_bpb": pre.bpb,
+        "pre_quant_val_loss": pre.loss,
+        "quant_gap_bpb": post.bpb - pre.bpb,
+        "artifact": str(artifact_path),
+        **info_bytes,
+        "artifact_max_bytes": cfg.budget.artifact_max_bytes,
+        "within_byte_budget": info_bytes["total_bytes"] <= cfg.budget.artifact_max_bytes,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "stopped_by": result.stopped_by,
+        "tokens_per_second": result.tokens_per_second,
+        "tokens_seen": result.tokens_seen,
+        "num_parameters": result.num_parameters,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "eval_seconds": eval_seconds,
+        "within_eval_budget": eval_seconds <= cfg.budget.eval_seconds,
+        "eval_seq_len": seq_len,
+        "eval_stride": stride,
+        "val_tokens_scored": post.num_tokens,
+        "val_bytes_scored": post.num_bytes,
+        "reference_bpb": reference_compression_bpb(val_text_bytes(val.tokens.numpy(), val.sp)),
+        "world_size": info.world_size,
+        "seed": cfg.train.seed,
+    }
+    if info.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+        log.metrics("summary", **summary)
+        for line in format_summary(summary):
+            log.line(line)
+    return summary
+
+
+def _artifact_sizes(path: Path) -> dict[str, Any]:
+    loaded = read_artifact(path)
+    meta = loaded.meta
+    model_bytes = path.stat().st_size
+    code_bytes = int(meta["code_bytes"])
+    return {"model_bytes": model_bytes, "code_bytes": code_bytes, "total_bytes": model_bytes + code_bytes,
+            "artifact_sha256": meta.get("file_sha256", "")}
+
+
+def format_summary(s: dict[str, Any]) -> list[str]:
+    """The final summary block: the scored number first, then what it cost."""
+    ref = s["reference_bpb"]
+    budget = "OK" if s["within_byte_budget"] else "OVER BUDGET"
+    return [
+        "=" * 72,
+        f"val_bpb {s['val_bpb']:.6f}  (roundtrip from {Path(s['artifact']).name}; "
+        f"pre-quant {s['pre_quant_val_bpb']:.6f}, gap {s['quant_gap_bpb']:+.6f})",
+        f"val_loss {s['val_loss']:.6f} nats/token | {s['val_tokens_scored']:,} tokens, {s['val_bytes_scored']:,} bytes "
+        f"| seq {s['eval_seq_len']} stride {s['eval_stride']}",
+        f"bytes {s['total_bytes']:,} = code {s['code_bytes']:,} + model {s['model_bytes']:,} "
+        f"(budget {s['artifact_max_bytes']:,}: {budget})",
+        f"train {s['train_seconds']:.1f} s, {s['steps']} steps ({s['stopped_by']}), {s['tokens_per_second']:,.0f} tok/s, "
+        f"peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB, {s['num_parameters']:,} params",
+        f"eval {s['eval_seconds']:.1f} s | reference on the same text: xz {ref['xz']:.3f} bpb, brotli {ref['brotli']:.3f} bpb",
+        "=" * 72,
+    ]
+
+
+def eval_artifact(path: str, cfg: RunConfig, info: DistInfo, *, use_artifact_config: bool = True) -> dict[str, Any]:
+    """`pgolf eval`: score an artifact on the validation shards; checks the byte budget first."""
+    loaded = read_artifact(path)
+    model_bytes = Path(path).stat().st_size
+    total = model_bytes + int(loaded.meta["code_bytes"])
+    check_budget_total(path, total, int(loaded.meta["code_bytes"]), model_bytes, cfg.budget.artifact_max_bytes)
+    model, _ = build_model_from_artifact(path, info.device)
+    seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
+    val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
+    r = run_eval(model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
+           "eval_seconds": r.seconds, "total_bytes": total, "seq_len": seq_len, "stride": stride}
+    if info.is_main:
+        print(f"val_bpb {r.bpb:.6f} | val_loss {r.loss:.6f} | {r.num_tokens:,} tokens, {r.num_bytes:,} bytes | "
+              f"seq {seq_len} stride {stride} | {r.seconds:.1f} s | artifact {total:,} bytes", file=sys.stdout)
+    return out
+
+
+def check_budget_total(path: str, total: int, code: int, model: int, max_bytes: int) -> None:
+    """Fail with a one-line error when an artifact is over the byte budget."""
+    from pgolf.errors import UserError
+
+    if total > max_bytes:
+        raise UserError(f"artifact {path} is {total:,} bytes (code {code:,} + model {model:,}), over the "
+                        f"{max_bytes:,} byte budget by {total - max_bytes:,}; shrink the model or raise --budget.artifact_max_bytes")

@@ -1,0 +1,110 @@
+"""Named whole-run configurations. Each preset is a function returning a complete, validated RunConfig.
+
+- `baseline-8xh100`: the challenge's naive baseline (openai/parameter-golf, 2026-03-17_NaiveBaseline:
+  9x512 sp1024, 524,288 tokens/step, 600 s on 8xH100, int8 + zlib, 16,000,000 bytes).
+- `cpu-baseline`: the same architecture and export on pgolf's CPU track (embedded corpus at vocab
+  1024, 2 CPU cores, 600 s of training, at most 1,000,000 bytes of code + model).
+- `cpu-demo`: the README's main job; the whole pipeline in under 10 minutes on 2 CPU cores.
+- `test-tiny`: seconds-long runs for the test suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pgolf.config import (BudgetConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, PrepareConfig,
+                          QuantConfig, RunConfig, TrainConfig)
+from pgolf.errors import UserError
+
+CPU_ARTIFACT_MAX_BYTES = 1_000_000
+CPU_TRAIN_SECONDS = 600.0
+
+
+def baseline_8xh100() -> RunConfig:
+    """The challenge baseline, exactly: every default of config.py is the baseline's value."""
+    return RunConfig(
+        name="baseline-8xh100",
+        data=DataConfig(source="fineweb", dataset_dir="data/datasets/fineweb10B_sp1024",
+                        tokenizer_path="data/tokenizers/fineweb_1024_bpe.model"),
+        train=TrainConfig(compile=True),
+        budget=BudgetConfig(artifact_max_bytes=16_000_000, train_seconds=600.0, eval_seconds=600.0),
+    ).validate()
+
+
+def _cpu_prepare() -> PrepareConfig:
+    # Shared by every CPU preset so they all reuse one preparation of the embedded corpus.
+    return PrepareConfig(vocab_size=1024, val_target_bytes=800_000, tokenizer_train_bytes=12_000_000)
+
+
+def _cpu_optim() -> OptimConfig:
+    # Baseline learning rates; momentum warm-up shortened because CPU runs take hundreds, not
+    # thousands, of steps.
+    return OptimConfig(muon_momentum_warmup_steps=100)
+
+
+def cpu_baseline() -> RunConfig:
+    """Baseline architecture and int8+zlib export, sized to 1,000,000 bytes and 600 s on 2 cores."""
+    return RunConfig(
+        name="cpu-baseline",
+        model=ModelConfig(num_layers=6, model_dim=192, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
+        optim=_cpu_optim(),
+        train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
+                          warmdown_iters=300, warmup_steps=3, max_wallclock_seconds=CPU_TRAIN_SECONDS,
+                          val_loss_every=0, train_log_every=50),
+        prepare=_cpu_prepare(),
+        # Small matrices of a CPU-sized model would all fall under the baseline's 65,536-element
+        # "keep float" threshold; scale it with the model so the matrices are quantised as intended.
+        quant=QuantConfig(keep_float_max_numel=4_096),
+        eval=EvalConfig(batch_tokens=65_536),
+        budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=CPU_TRAIN_SECONDS),
+    ).validate()
+
+
+def cpu_demo() -> RunConfig:
+    """A small model trained for 3 minutes: every stage of the pipeline, end to end, quickly."""
+    return RunConfig(
+        name="cpu-demo",
+        model=ModelConfig(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
+        optim=_cpu_optim(),
+        train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
+                          warmdown_iters=150, warmup_steps=2, max_wallclock_seconds=180.0,
+                          val_loss_every=0, train_log_every=25),
+        prepare=_cpu_prepare(),
+        quant=QuantConfig(keep_float_max_numel=4_096),
+        eval=EvalConfig(batch_tokens=65_536),
+        budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=180.0),
+    ).validate()
+
+
+def tiny() -> RunConfig:
+    """A seconds-long run on a slice of the corpus, for tests (writes under runs/ and data/tiny)."""
+    return RunConfig(
+        name="test-tiny",
+        model=ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_mult=2.0),
+        optim=_cpu_optim(),
+        train=TrainConfig(train_batch_tokens=2_048, train_seq_len=64, grad_accum_steps=2, iterations=8,
+                          warmdown_iters=4, warmup_steps=1, max_wallclock_seconds=60.0, val_loss_every=4,
+                          train_log_every=2),
+        data=DataConfig(dataset_dir="data/tiny/datasets/embedded_sp512",
+                        tokenizer_path="data/tiny/tokenizers/embedded_512_bpe.model"),
+        prepare=PrepareConfig(vocab_size=512, val_target_bytes=60_000, tokenizer_train_bytes=2_000_000,
+                              max_docs_per_source=40),
+        quant=QuantConfig(keep_float_max_numel=1_024),
+        eval=EvalConfig(batch_tokens=8_192, max_tokens=20_000),
+        budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=60.0),
+    ).validate()
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "cpu-demo": cpu_demo,
+    "cpu-baseline": cpu_baseline,
+    "baseline-8xh100": baseline_8xh100,
+    "test-tiny": tiny,
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    """The named preset's config; a one-line UserError listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()

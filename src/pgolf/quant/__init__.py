@@ -1,0 +1,1 @@
+"""Quantisers that turn trained weights into compact integer tensors."""

@@ -1,0 +1,237 @@
+"""The training loop: one code path for a plain process and for `torchrun --nproc_per_node=N`.
+
+Follows the challenge baseline (openai/parameter-golf `train_gpt.py`): the global batch is fixed and
+world size folds into gradient accumulation; the wall-clock budget counts only training steps
+(evaluation pauses and the compile/priming warm-up are excluded, and warm-up steps are undone);
+the LR warms down linearly to zero over the time the last `warmdown_iters` steps should take.
+
+The trainer never sees validation data: periodic evaluation is a callback built by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pgolf import dist
+from pgolf.config import RunConfig
+from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.shards import list_shards
+from pgolf.dist import DistInfo
+from pgolf.errors import UserError
+from pgolf.model.gpt import GPT, count_parameters
+from pgolf.optim.groups import build_optimizers, describe_groups
+from pgolf.optim.schedule import apply_lr, lr_multiplier, muon_momentum_at
+from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
+
+EvalCallback = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    """What training produced and how fast: the raw (unwrapped) model and the run's counters."""
+
+    model: GPT
+    steps: int
+    train_seconds: float
+    tokens_seen: int
+    tokens_per_second: float
+    final_train_loss: float
+    peak_memory_bytes: int
+    num_parameters: int
+    stopped_by: str
+
+
+def local_accum_steps(grad_accum_steps: int, world_size: int) -> int:
+    """Micro-batches per rank so the global batch is the same at every world size."""
+    if grad_accum_steps % world_size != 0:
+        raise UserError(f"train.grad_accum_steps={grad_accum_steps} is not divisible by the world size "
+                        f"{world_size}; pick a multiple of --nproc_per_node")
+    return grad_accum_steps // world_size
+
+
+def autocast_context(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on the run's device type, or nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+class Trainer:
+    """Owns the model, its optimisers and the loader; `step()` runs one optimiser step."""
+
+    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+        self.cfg = cfg
+        self.info = info
+        torch.manual_seed(cfg.train.seed)
+        self.model = GPT(cfg.model).to(info.device)
+        self.accum = local_accum_steps(cfg.train.grad_accum_steps, info.world_size)
+        self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
+        paths = list_shards(cfg.data.dataset_dir, "train")
+        self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        self.optimizers = build_optimizers(self.model, cfg.optim)
+        wrapped: nn.Module = self.model
+        if cfg.train.compile:
+            wrapped = torch.compile(wrapped, dynamic=False)
+        if info.world_size > 1:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
+        self.wrapped = wrapped
+
+    def _micro_step(self, is_last: bool) -> torch.Tensor:
+        x, y = self.loader.next_batch(self.micro_tokens, self.cfg.train.train_seq_len)
+        x, y = x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True)
+        # DDP all-reduces gradients only on the last micro-batch of the step.
+        sync = nullcontext() if is_last or self.info.world_size == 1 else self.wrapped.no_sync()
+        with sync:
+            with autocast_context(self.info.device, self.cfg.train.autocast_bf16):
+                loss = self.wrapped(x, y)
+            (loss / self.accum).backward()
+        return loss.detach()
+
+    def step(self, step: int, lr_mul: float) -> float:
+        """One optimiser step over the global batch; returns the mean training loss over all ranks."""
+        total = torch.zeros((), device=self.info.device, dtype=torch.float32)
+        for i in range(self.accum):
+            total += self._micro_step(is_last=i == self.accum - 1).float()
+        apply_lr(self.optimizers, lr_mul, muon_momentum_at(step, self.cfg.optim))
+        if self.cfg.optim.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
+        for opt in self.optimizers:
+            opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return float(dist.all_reduce_avg_(total / self.accum).item())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Model, optimiser and loader state, to undo the warm-up steps."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
+            "loader": copy.deepcopy(self.loader.state_dict()),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        for opt, state in zip(self.optimizers, snap["optimizers"]):
+            opt.load_state_dict(state)
+        self.loader.load_state_dict(snap["loader"])
+
+
+def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
+    """Prime kernels and compilation with real steps, then restore the initial state; returns seconds."""
+    if num_steps <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    snap = trainer.snapshot()
+    for s in range(num_steps):
+        trainer.step(s, lr_mul=1.0)
+    trainer.restore(snap)
+    seconds = time.perf_counter() - t0
+    log.line(f"warmup {num_steps} steps done in {seconds:.1f} s (undone; not counted in the training clock)")
+    return seconds
+
+
+def should_stop(train_seconds: float, budget_seconds: float) -> bool:
+    """Stop when any rank has spent the budget (max over ranks, so all ranks stop on the same step)."""
+    flag = torch.tensor([1.0 if budget_seconds > 0 and train_seconds >= budget_seconds else 0.0])
+    return bool(dist.all_reduce_max_(flag).item() > 0)
+
+
+def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None) -> TrainResult:
+    """Train `cfg.model` on the shards in `cfg.data.dataset_dir` within `cfg.train`'s budget."""
+    tc = cfg.train
+    trainer = Trainer(cfg, info)
+    num_params = count_parameters(trainer.model)
+    log.line(f"model {num_params:,} parameters | {cfg.model.num_layers}x{cfg.model.model_dim} | "
+             f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
+    for group in describe_groups(trainer.optimizers):
+        log.line("optim " + " | ".join(f"{k} {v}" for k, v in group.items()))
+    log.line(f"batch {tc.train_batch_tokens:,} tokens/step = {info.world_size} ranks x {trainer.accum} micro x "
+             f"{trainer.micro_tokens // tc.train_seq_len} seqs x {tc.train_seq_len}")
+    log.metrics("model", num_parameters=num_params, optimizer_groups=describe_groups(trainer.optimizers))
+    run_warmup(trainer, tc.warmup_steps, log)
+
+    budget_ms = tc.max_wallclock_seconds * 1000.0
+    train_s, step, loss, stopped_by = 0.0, 0, float("nan"), "iterations"
+    log.start_progress(tc.iterations, "train")
+    try:
+        while step < tc.iterations:
+            if eval_callback is not None and tc.val_loss_every > 0 and step > 0 and step % tc.val_loss_every == 0:
+                _periodic_eval(trainer, eval_callback, step, train_s, log)
+            mul = lr_multiplier(step=step, elapsed_ms=train_s * 1000.0, max_wallclock_ms=budget_ms,
+                                warmdown_iters=tc.warmdown_iters, iterations=tc.iterations)
+            t0 = time.perf_counter()
+            loss = trainer.step(step, mul)
+            _sync(info.device)
+            step_s = time.perf_counter() - t0
+            train_s += step_s
+            step += 1
+            _log_step(log, cfg, step, loss, mul, step_s, train_s)
+            if should_stop(train_s, tc.max_wallclock_seconds):
+                stopped_by = "wallclock"
+                break
+    except KeyboardInterrupt:
+        # Keep what was trained: the caller still exports and evaluates it.
+        stopped_by = "interrupted"
+        log.line(f"interrupted at step {step}; continuing with the model as trained so far")
+    finally:
+        log.close_progress()
+    tokens = step * tc.train_batch_tokens
+    result = TrainResult(
+        model=trainer.model, steps=step, train_seconds=train_s, tokens_seen=tokens,
+        tokens_per_second=tokens / max(train_s, 1e-9), final_train_loss=loss,
+        peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params, stopped_by=stopped_by,
+    )
+    log.line(f"training stopped by {stopped_by} after {step} steps, {train_s:.1f} s, "
+             f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
+    log.metrics("train_done", steps=step, train_seconds=train_s, tokens=tokens,
+                tokens_per_second=result.tokens_per_second, final_train_loss=loss, stopped_by=stopped_by,
+                peak_memory_bytes=result.peak_memory_bytes)
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _periodic_eval(trainer: Trainer, callback: EvalCallback, step: int, train_s: float, log: RunLogger) -> None:
+    """Run the caller's evaluation with the training clock paused."""
+    t0 = time.perf_counter()
+    values = callback(trainer.model, step)
+    seconds = time.perf_counter() - t0
+    log.line(f"eval step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+             + f" | {seconds:.1f} s (clock paused at {train_s:.1f} s)")
+    log.metrics("eval", step=step, train_seconds=train_s, eval_seconds=seconds, **values)
+
+
+def _log_step(log: RunLogger, cfg: RunConfig, step: int, loss: float, mul: float, step_s: float, train_s: float) -> None:
+    tc = cfg.train
+    tokens_per_s = tc.train_batch_tokens * step / max(train_s, 1e-9)
+    log.advance_progress(1, loss=f"{loss:.3f}")
+    log.metrics("step", step=step, loss=loss, lr_mul=mul, step_ms=step_s * 1000, train_seconds=train_s)
+    if step == 1 or step % max(tc.train_log_every, 1) == 0:
+        by_steps = (tc.iterations - step) * train_s / step
+        by_clock = tc.max_wallclock_seconds - train_s if tc.max_wallclock_seconds > 0 else by_steps
+        log.line(format_step_line(step=step, total_steps=tc.iterations, loss=loss, lr_mul=mul,
+                                  step_ms=step_s * 1000, tokens_per_s=tokens_per_s, train_s=train_s,
+                                  eta_s=max(min(by_steps, by_clock), 0.0)))
+
+
+def save_raw_model(model: GPT, path: Path) -> None:
+    """Full-precision weights (not the artifact; not counted) in safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)

@@ -1,0 +1,126 @@
+"""End to end through the real command line: prepare -> train -> artifact -> roundtrip eval, on a
+slice of the embedded corpus, plus the one-line errors a user gets for common mistakes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pgolf(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "pgolf", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def tiny_flags(root: Path) -> list[str]:
+    return ["--out_dir", str(root / "runs"),
+            "--data.dataset_dir", str(root / "data/datasets/embedded_sp512"),
+            "--data.tokenizer_path", str(root / "data/tokenizers/embedded_512_bpe.model")]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("e2e")
+    proc = pgolf("run", "--preset", "test-tiny", *tiny_flags(root), cwd=root)
+    return root, proc
+
+
+def test_run_produces_roundtrip_score_and_files(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = root / "runs" / "test-tiny"
+    for name in ("header.json", "metrics.jsonl", "log.txt", "summary.json", "final_model.int8.ptz",
+                 "final_model.safetensors"):
+        assert (run_dir / name).exists(), name
+    s = json.loads((run_dir / "summary.json").read_text())
+    # A model that learned anything beats the uniform distribution over the vocabulary.
+    uniform_bpb = math.log2(512) * s["val_tokens_scored"] / s["val_bytes_scored"]
+    assert 0.5 < s["val_bpb"] < uniform_bpb
+    assert s["total_bytes"] == s["code_bytes"] + s["model_bytes"]
+    assert s["model_bytes"] == (run_dir / "final_model.int8.ptz").stat().st_size
+    assert s["steps"] == 8 and s["stopped_by"] == "iterations"
+    assert "val_bpb" in proc.stdout and "bytes" in proc.stdout
+    header = json.loads((run_dir / "header.json").read_text())
+    for key in ("config_hash", "versions", "hardware", "git_commit", "seed", "data", "config"):
+        assert key in header
+    assert header["data"]["val_tokens"] > 0 and len(header["data"]["tokenizer_sha256"]) == 16
+    events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("step") == 8 and "eval" in events and events[-1] == "summary"
+
+
+def test_eval_verb_reproduces_the_run_score(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = root / "runs" / "test-tiny"
+    s = json.loads((run_dir / "summary.json").read_text())
+    ev = pgolf("eval", str(run_dir / "final_model.int8.ptz"), cwd=root)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert f"val_bpb {s['val_bpb']:.6f}" in ev.stdout
+
+
+def test_prepare_is_reused(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    again = pgolf("prepare", "--preset", "test-tiny", *tiny_flags(root)[2:], cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert "reusing" in again.stdout
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_unknown_preset_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(pgolf("run", "--preset", "nope", cwd=tmp_path))
+    assert "nope" in line and "cpu-demo" in line
+
+
+def test_bad_flag_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(pgolf("train", "--preset", "test-tiny", "--model.num_layerz", "3", cwd=tmp_path))
+    assert "num_layerz" in line
+
+
+def test_invalid_value_names_the_flag(tmp_path: Path) -> None:
+    line = one_line_error(pgolf("train", "--preset", "test-tiny", "--model.num_kv_heads", "3", cwd=tmp_path))
+    assert "model.num_kv_heads" in line
+
+
+def test_missing_fineweb_data_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(pgolf("run", "--preset", "baseline-8xh100", cwd=tmp_path))
+    assert "pgolf data fineweb" in line
+
+
+def test_corrupt_artifact_is_one_line(tmp_path: Path, tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    bad = tmp_path / "bad.ptz"
+    data = bytearray((root / "runs/test-tiny/final_model.int8.ptz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    line = one_line_error(pgolf("eval", str(bad), "--preset", "test-tiny", *tiny_flags(root)[2:], cwd=root))
+    assert str(bad) in line
+
+
+def test_over_budget_artifact_is_one_line(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    art = root / "runs/test-tiny/final_model.int8.ptz"
+    line = one_line_error(pgolf("eval", str(art), "--budget.artifact_max_bytes", "1000", cwd=root))
+    assert "budget" in line and str(art) in line
+
+
+def test_tokenizer_vocab_mismatch_is_one_line(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    line = one_line_error(pgolf("train", "--preset", "test-tiny", *tiny_flags(root), "--model.vocab_size", "1024",
+                                "--prepare.vocab_size", "1024", "--data.source", "fineweb", cwd=root))
+    assert "vocab" in line
