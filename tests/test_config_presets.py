@@ -1,0 +1,84 @@
+"""Config validation names the flag; presets are complete and keep the challenge's values; the CPU
+presets fit the CPU track's byte budget even with incompressible (random-normal) weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_hash
+from pgolf.presets import CPU_ARTIFACT_MAX_BYTES, PRESETS, get_preset
+from pgolf.errors import UserError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_validates(name: str) -> None:
+    cfg = get_preset(name)
+    assert isinstance(cfg, RunConfig)
+    cfg.validate()
+    assert cfg.name == name
+
+
+def test_unknown_preset_lists_choices() -> None:
+    with pytest.raises(UserError, match="cpu-demo"):
+        get_preset("cpu-dmeo")
+
+
+def test_baseline_preset_is_the_challenge_baseline() -> None:
+    cfg = get_preset("baseline-8xh100")
+    m, t, o, q = cfg.model, cfg.train, cfg.optim, cfg.quant
+    assert (m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp_mult, m.vocab_size) == (9, 512, 8, 4, 2.0, 1024)
+    assert (m.tie_embeddings, m.tied_embed_init_std, m.logit_softcap, m.qk_gain_init, m.rope_base) == (True, 0.005, 30.0, 1.5, 10000.0)
+    assert (t.train_batch_tokens, t.train_seq_len, t.grad_accum_steps, t.warmdown_iters, t.warmup_steps) == (524_288, 1024, 8, 1200, 20)
+    assert t.max_wallclock_seconds == 600.0 and t.iterations == 20_000 and t.seed == 1337
+    assert (o.matrix_lr, o.scalar_lr, o.tied_embed_lr, o.muon_momentum, o.muon_momentum_warmup_start) == (0.04, 0.04, 0.05, 0.95, 0.85)
+    assert (o.muon_momentum_warmup_steps, o.muon_backend_steps, o.beta1, o.beta2, o.grad_clip_norm) == (500, 5, 0.9, 0.95, 0.0)
+    assert (q.clip_percentile, q.keep_float_max_numel, q.compressor, q.level) == (99.99984, 65_536, "zlib", 9)
+    assert cfg.budget.artifact_max_bytes == 16_000_000 and cfg.data.source == "fineweb"
+    assert cfg.eval_stride == cfg.eval_seq_len == 1024
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("num_heads", 6, "model.num_heads"),
+    ("num_kv_heads", 3, "model.num_kv_heads"),
+    ("num_layers", 0, "model.num_layers"),
+])
+def test_model_validation_names_the_flag(field: str, value: int, flag: str) -> None:
+    cfg = dataclasses.replace(ModelConfig(), **{field: value})
+    with pytest.raises(ConfigError, match=flag):
+        cfg.validate()
+
+
+def test_batch_geometry_validation() -> None:
+    with pytest.raises(ConfigError, match="train.train_batch_tokens"):
+        TrainConfig(train_batch_tokens=1000, train_seq_len=64, grad_accum_steps=2).validate()
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a, b = get_preset("cpu-demo"), get_preset("cpu-demo")
+    assert config_hash(a) == config_hash(b)
+    b.model.num_layers += 1
+    assert config_hash(a) != config_hash(b)
+
+
+@pytest.mark.parametrize("name", ["cpu-demo", "cpu-baseline"])
+def test_cpu_presets_fit_the_byte_budget_with_random_weights(name: str, tmp_path: Path) -> None:
+    # Random-normal matrices quantise to nearly incompressible int8; trained weights compress better,
+    # so fitting with these is a conservative check of the preset's dimensions.
+    from pgolf.artifact import write_artifact
+    from pgolf.config import config_to_dict
+    from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS, GPT
+
+    cfg = get_preset(name)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.05)
+    info = write_artifact(tmp_path / "a.ptz", model.state_dict(), model_config=config_to_dict(cfg.model),
+                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS)
+    assert info.total_bytes <= CPU_ARTIFACT_MAX_BYTES == cfg.budget.artifact_max_bytes

@@ -1,0 +1,183 @@
+"""Evaluators: the window plan scores every prediction once, stride == seq_len reproduces the plain
+evaluation exactly, ranks partition the work, and more context lowers the loss of a model that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_text import TINY_VOCAB, make_documents, tiny_tokenizer  # noqa: F401
+from torch import nn
+
+from pgolf.errors import UserError
+from pgolf.eval.bpb import target_byte_counts
+from pgolf.eval.sliding import evaluate, evaluate_standard, score_windows, truncate_for_eval, window_plan
+from pgolf.tokenizer import BOS_ID, build_byte_luts, encode_documents, load_tokenizer
+
+
+class CacheBigramModel(nn.Module):
+    """Predicts the next token from bigram counts seen earlier in the same window, so its loss falls
+    as context grows; every row is computed independently and exactly the same way in any batch."""
+
+    def __init__(self, vocab_size: int, alpha: float = 0.1) -> None:
+        super().__init__()
+        self.vocab_size, self.alpha = vocab_size, alpha
+        self.calls_in_train_mode = 0
+
+    def per_token_nll(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        self.calls_in_train_mode += int(self.training)
+        T = input_ids.shape[1]
+        earlier = torch.ones(T, T, dtype=torch.bool).tril(-1)  # (T, T): j < t
+        same_prev = input_ids[:, :, None] == input_ids[:, None, :]  # (B, T, T)
+        same_next = target_ids[:, :, None] == target_ids[:, None, :]  # (B, T, T)
+        seen = (same_prev & earlier).sum(-1).float()  # (B, T)
+        followed = (same_prev & same_next & earlier).sum(-1).float()  # (B, T)
+        return -torch.log((followed + self.alpha) / (seen + self.alpha * self.vocab_size))  # (B, T)
+
+
+class PositionModel(nn.Module):
+    """nll = 1 / (1 + position in window): the total shows exactly which positions were scored."""
+
+    def per_token_nll(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], dtype=torch.float32)  # (T,)
+        return (1.0 / (1.0 + pos)).expand(input_ids.shape)  # (B, T)
+
+
+@pytest.fixture(scope="module")
+def stream(tiny_tokenizer: Path) -> tuple[torch.Tensor, object]:
+    """A flat validation stream (BOS before each document) and the tokenizer's byte tables."""
+    sp = load_tokenizer(tiny_tokenizer, TINY_VOCAB)
+    docs = encode_documents(sp, make_documents(12_000, seed=7))
+    tokens = torch.cat([torch.tensor([BOS_ID] + d.tolist()) for d in docs])  # (N,)
+    return tokens, build_byte_luts(sp, TINY_VOCAB)
+
+
+def test_truncate_for_eval() -> None:
+    tokens = torch.arange(103)
+    assert truncate_for_eval(tokens, 10).numel() == 101
+    assert truncate_for_eval(tokens[:11], 10).numel() == 11
+    with pytest.raises(UserError, match="validation set has 10 tokens.*lower --eval.seq_len"):
+        truncate_for_eval(tokens[:10], 10)
+
+
+def _scored_positions(plan: list[tuple[int, int, int]]) -> list[int]:
+    return [ws + j + 1 for ws, wlen, s in plan for j in range(s, wlen)]
+
+
+@pytest.mark.parametrize("seq_len", [1, 4, 7, 16])
+def test_window_plan_scores_each_prediction_once(seq_len: int) -> None:
+    for stride in range(1, seq_len + 1):
+        for total in range(1, 3 * seq_len + 2 * stride + 3):
+            plan = window_plan(total, seq_len, stride)
+            assert sorted(_scored_positions(plan)) == list(range(1, total)), (total, seq_len, stride)
+            assert all(ws + wlen <= total - 1 for ws, wlen, _ in plan)  # never reads past the stream
+            assert all(wlen == seq_len for _, wlen, _ in plan[:-1])  # only the last may be short
+            assert all(wlen - s == stride for _, wlen, s in plan[1:-1])  # middle windows score `stride`
+            if plan:
+                assert plan[0][:1] + plan[0][2:] == (0, 0)  # the first scores all its predictions
+
+
+def test_window_plan_rejects_bad_stride() -> None:
+    with pytest.raises(ValueError):
+        window_plan(100, 8, 9)
+    with pytest.raises(ValueError):
+        window_plan(100, 8, 0)
+
+
+def test_non_overlapping_sliding_equals_standard(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    model = CacheBigramModel(TINY_VOCAB)
+    for seq_len, batch_tokens in [(32, 32), (32, 96), (64, 10_000)]:
+        val = truncate_for_eval(tokens, seq_len)
+        slid = evaluate(model, val, luts, seq_len=seq_len, stride=seq_len, batch_tokens=batch_tokens)
+        std = evaluate_standard(model, val, luts, seq_len=seq_len, batch_tokens=batch_tokens)
+        assert (slid.loss, slid.bpb, slid.num_tokens, slid.num_bytes) == (std.loss, std.bpb, std.num_tokens,
+                                                                          std.num_bytes)
+        assert std.num_tokens == val.numel() - 1
+
+
+def test_sliding_scores_the_whole_stream(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    val = tokens[:1001]  # not truncated: predictions are not a multiple of seq_len or stride
+    whole_bytes = int(target_byte_counts(val[:-1], val[1:], luts).sum())
+    for seq_len, stride in [(64, 16), (64, 7), (50, 50), (2000, 64)]:
+        r = evaluate(CacheBigramModel(TINY_VOCAB), val, luts, seq_len=seq_len, stride=stride, batch_tokens=256)
+        assert (r.num_tokens, r.num_bytes) == (1000, whole_bytes)
+
+
+def test_evaluator_scores_exactly_the_planned_positions(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    val = tokens[:777]
+    for seq_len, stride in [(32, 8), (32, 5), (32, 32)]:
+        plan = window_plan(val.numel(), seq_len, stride)
+        per_pos = 1.0 / (1.0 + torch.arange(seq_len, dtype=torch.float32))  # (T,) what the model returns
+        expected = sum(per_pos[s:wlen].double().sum().item() for _, wlen, s in plan)
+        r = evaluate(PositionModel(), val, luts, seq_len=seq_len, stride=stride, batch_tokens=100)
+        assert r.loss * r.num_tokens == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_ranks_sum_to_one(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    model = CacheBigramModel(TINY_VOCAB)
+    val = truncate_for_eval(tokens[:3000], 32)
+    plan = window_plan(val.numel(), 32, 8)
+    full = score_windows(model, val, luts, plan, batch_windows=4)
+    halves = [score_windows(model, val, luts, plan[: len(plan) // 2], batch_windows=4),
+              score_windows(model, val, luts, plan[len(plan) // 2:], batch_windows=4)]
+    assert sum(h.token_count for h in halves) == full.token_count == val.numel() - 1
+    assert sum(h.byte_count for h in halves) == full.byte_count
+    assert float(sum(h.nll_sum for h in halves)) == pytest.approx(float(full.nll_sum), rel=1e-12)
+    # `evaluate` hands each rank a contiguous block of the same plan (all_reduce is a no-op here)
+    ranks = [evaluate(model, val, luts, seq_len=32, stride=8, batch_tokens=128, rank=r, world_size=2) for r in (0, 1)]
+    assert sum(r.num_tokens for r in ranks) == val.numel() - 1
+    assert sum(r.num_bytes for r in ranks) == int(full.byte_count)
+    assert sum(r.loss * r.num_tokens for r in ranks) == pytest.approx(float(full.nll_sum), rel=1e-9)
+    std = [evaluate_standard(model, val, luts, seq_len=32, batch_tokens=64, rank=r, world_size=2) for r in (0, 1)]
+    assert sum(r.num_tokens for r in std) == val.numel() - 1 and sum(r.num_bytes for r in std) == int(full.byte_count)
+
+
+def test_more_context_lowers_the_loss(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    model = CacheBigramModel(TINY_VOCAB)
+    val = truncate_for_eval(tokens, 64)
+    std = evaluate_standard(model, val, luts, seq_len=64, batch_tokens=4096)
+    slid = evaluate(model, val, luts, seq_len=64, stride=16, batch_tokens=4096)
+    assert slid.num_tokens == std.num_tokens and slid.num_bytes == std.num_bytes
+    assert slid.bpb < std.bpb - 0.05
+
+
+def test_eval_mode_during_and_training_mode_restored(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    model = CacheBigramModel(TINY_VOCAB)
+    model.train()
+    evaluate(model, tokens[:200], luts, seq_len=32, stride=8, batch_tokens=64, progress=True)
+    evaluate_standard(model, tokens[:200], luts, seq_len=32, batch_tokens=64)
+    assert model.calls_in_train_mode == 0 and model.training
+    model.eval()
+    evaluate(model, tokens[:200], luts, seq_len=32, stride=8, batch_tokens=64)
+    assert not model.training
+
+
+class TinyNeuralModel(nn.Module):
+    """Embedding, causal running mean, linear head: enough to exercise bf16 autocast."""
+
+    def __init__(self, vocab_size: int, dim: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(vocab_size, dim), nn.Linear(dim, vocab_size)
+
+    def per_token_nll(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids).cumsum(1) / torch.arange(1, input_ids.shape[1] + 1)[:, None]  # (B, T, D)
+        logits = self.head(h).float()  # (B, T, V)
+        return nn.functional.cross_entropy(logits.transpose(1, 2), target_ids, reduction="none")  # (B, T)
+
+
+def test_bf16_autocast_is_close_to_fp32(stream: tuple[torch.Tensor, object]) -> None:
+    tokens, luts = stream
+    model = TinyNeuralModel(TINY_VOCAB)
+    val = truncate_for_eval(tokens[:2000], 64)
+    fp32 = evaluate(model, val, luts, seq_len=64, stride=32, batch_tokens=512)
+    bf16 = evaluate(model, val, luts, seq_len=64, stride=32, batch_tokens=512, autocast_bf16=True)
+    assert bf16.bpb == pytest.approx(fp32.bpb, rel=2e-2) and bf16.num_bytes == fp32.num_bytes
+    assert fp32.seconds > 0
