@@ -247,7 +247,7 @@ def cmd_data(args: list[str]) -> int:
         raise UserError(f"--train-shards {fa.train_shards} must be >= 0")
     paths = download_fineweb(variant=fa.variant, train_shards=fa.train_shards, root=fa.root, repo_id=fa.repo_id,
                              skip_manifest=fa.skip_manifest, with_docs=fa.with_docs)
-    print(f"downloaded {len(paths)} files under {fa.root}")
+    print(f"{len(paths)} files ready under {fa.root}")
     return 0
 
 

@@ -132,7 +132,10 @@ class TrainConfig:
     train_log_every: int = 200
     """Write a log line every N steps."""
     seed: int = 1337
-    """Seed of the model init and the data order."""
+    """Seed of the model init (and of the data order when data_order is `seeded`)."""
+    data_order: Literal["challenge", "seeded"] = "challenge"
+    """`challenge`: shards in name order from token 0, as the baseline reads them; `seeded`: a shard
+    permutation and start offset drawn from the seed."""
     autocast_bf16: bool = True
     """bf16 autocast for forward passes (CPU and CUDA); the loss is computed in fp32."""
     compile: bool = False
@@ -283,8 +286,8 @@ class RunConfig:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (nested)."""
-    return dataclasses.asdict(cfg)
+    """A JSON-ready dict of a config dataclass (nested); a dict is returned as a copy."""
+    return dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
 
 
 def config_hash(cfg: Any) -> str:

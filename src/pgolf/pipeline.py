@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pgolf import dist
-from pgolf.artifact import check_budget, read_artifact, write_artifact
+from pgolf.artifact import LoadedArtifact, check_budget, read_artifact, write_artifact
 from pgolf.config import EvalConfig, RunConfig, config_to_dict, model_config_from_dict
 from pgolf.data.shards import list_shards, load_tokens
 from pgolf.dist import DistInfo
@@ -67,12 +67,11 @@ def reference_compression_bpb(text: bytes) -> dict[str, float]:
     }
 
 
-def build_model_from_artifact(path: str | Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
-    """Rebuild the model from an artifact file alone (strict load: every tensor must match)."""
-    loaded = read_artifact(path)
+def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> GPT:
+    """Rebuild the model from a read artifact alone (strict load: every tensor must match)."""
     model = GPT(model_config_from_dict(loaded.model_config)).to(device)
     model.load_state_dict({k: v.to(device) for k, v in loaded.state.items()}, strict=True)
-    return model, loaded.run_config
+    return model
 
 
 def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
@@ -102,10 +101,13 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
                        extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
     dist.barrier()
     t0 = time.perf_counter()
-    reloaded, _ = build_model_from_artifact(artifact_path, info.device)
+    loaded = read_artifact(artifact_path)
+    reloaded = build_model_from_artifact(loaded, info.device)
     post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
     eval_seconds = time.perf_counter() - t0
-    info_bytes = _artifact_sizes(artifact_path)
+    art = loaded.info
+    info_bytes = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
+                  "artifact_sha256": art.sha256}
     summary = {
         "name": cfg.name,
         "val_bpb": post.bpb,
@@ -142,15 +144,6 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     return summary
 
 
-def _artifact_sizes(path: Path) -> dict[str, Any]:
-    loaded = read_artifact(path)
-    meta = loaded.meta
-    model_bytes = path.stat().st_size
-    code_bytes = int(meta["code_bytes"])
-    return {"model_bytes": model_bytes, "code_bytes": code_bytes, "total_bytes": model_bytes + code_bytes,
-            "artifact_sha256": meta.get("file_sha256", "")}
-
-
 def format_summary(s: dict[str, Any]) -> list[str]:
     """The final summary block: the scored number first, then what it cost."""
     ref = s["reference_bpb"]
@@ -170,28 +163,18 @@ def format_summary(s: dict[str, Any]) -> list[str]:
     ]
 
 
-def eval_artifact(path: str, cfg: RunConfig, info: DistInfo, *, use_artifact_config: bool = True) -> dict[str, Any]:
+def eval_artifact(path: str, cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     """`pgolf eval`: score an artifact on the validation shards; checks the byte budget first."""
     loaded = read_artifact(path)
-    model_bytes = Path(path).stat().st_size
-    total = model_bytes + int(loaded.meta["code_bytes"])
-    check_budget_total(path, total, int(loaded.meta["code_bytes"]), model_bytes, cfg.budget.artifact_max_bytes)
-    model, _ = build_model_from_artifact(path, info.device)
+    check_budget(loaded.info, cfg.budget.artifact_max_bytes)
+    total_bytes = loaded.info.total_bytes
+    model = build_model_from_artifact(loaded, info.device)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
     val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
     r = run_eval(model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
     out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
-           "eval_seconds": r.seconds, "total_bytes": total, "seq_len": seq_len, "stride": stride}
+           "eval_seconds": r.seconds, "total_bytes": total_bytes, "seq_len": seq_len, "stride": stride}
     if info.is_main:
         print(f"val_bpb {r.bpb:.6f} | val_loss {r.loss:.6f} | {r.num_tokens:,} tokens, {r.num_bytes:,} bytes | "
-              f"seq {seq_len} stride {stride} | {r.seconds:.1f} s | artifact {total:,} bytes", file=sys.stdout)
+              f"seq {seq_len} stride {stride} | {r.seconds:.1f} s | artifact {total_bytes:,} bytes", file=sys.stdout)
     return out
-
-
-def check_budget_total(path: str, total: int, code: int, model: int, max_bytes: int) -> None:
-    """Fail with a one-line error when an artifact is over the byte budget."""
-    from pgolf.errors import UserError
-
-    if total > max_bytes:
-        raise UserError(f"artifact {path} is {total:,} bytes (code {code:,} + model {model:,}), over the "
-                        f"{max_bytes:,} byte budget by {total - max_bytes:,}; shrink the model or raise --budget.artifact_max_bytes")

@@ -75,7 +75,8 @@ class Trainer:
         self.accum = local_accum_steps(cfg.train.grad_accum_steps, info.world_size)
         self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
         paths = list_shards(cfg.data.dataset_dir, "train")
-        self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        data_seed = cfg.train.seed if cfg.train.data_order == "seeded" else None
+        self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=data_seed)
         self.optimizers = build_optimizers(self.model, cfg.optim)
         wrapped: nn.Module = self.model
         if cfg.train.compile:
