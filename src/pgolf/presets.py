@@ -88,7 +88,7 @@ def tiny() -> RunConfig:
         data=DataConfig(dataset_dir="data/tiny/datasets/embedded_sp512",
                         tokenizer_path="data/tiny/tokenizers/embedded_512_bpe.model"),
         prepare=PrepareConfig(vocab_size=512, val_target_bytes=60_000, tokenizer_train_bytes=2_000_000,
-                              max_docs_per_source=40),
+                              max_docs_per_source=60),
         quant=QuantConfig(keep_float_max_numel=1_024),
         eval=EvalConfig(batch_tokens=8_192, max_tokens=20_000),
         budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=60.0),
