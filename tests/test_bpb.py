@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
-from helpers_text import TINY_VOCAB, tiny_tokenizer  # noqa: F401
+from helpers_text import TINY_VOCAB
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

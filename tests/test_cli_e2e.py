@@ -67,6 +67,45 @@ def test_eval_verb_reproduces_the_run_score(tiny_run: tuple[Path, subprocess.Com
     assert f"val_bpb {s['val_bpb']:.6f}" in ev.stdout
 
 
+SCORE_WITH_COUNTED_CODE_ONLY = """
+import importlib.abc, json, sys
+allowed = set(json.loads(sys.argv[2]))
+
+class OnlyCounted(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pgolf" or not name.startswith("pgolf."):
+            return None
+        rel = name[len("pgolf."):].replace(".", "/")
+        if rel + ".py" in allowed or rel + "/__init__.py" in allowed:
+            return None
+        raise ImportError("scoring imported uncounted module " + name)
+
+sys.meta_path.insert(0, OnlyCounted())
+from pgolf.artifact import read_artifact
+from pgolf.config import run_config_from_dict
+from pgolf.dist import init
+from pgolf.scoring import eval_artifact
+cfg = run_config_from_dict(read_artifact(sys.argv[1]).run_config)
+print(json.dumps(eval_artifact(sys.argv[1], cfg, init())))
+"""
+
+
+def test_scoring_needs_only_the_counted_code(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    # The counted bytes claim to be the code needed to load and score an artifact: score it with
+    # every other pgolf module unimportable and get the run's number back.
+    from pgolf.artifact import COUNTED_MODULES
+
+    root, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = root / "runs/test-tiny/final_model.int8.ptz"
+    out = subprocess.run([sys.executable, "-c", SCORE_WITH_COUNTED_CODE_ONLY, str(art), json.dumps(COUNTED_MODULES)],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    scored = json.loads(out.stdout.strip().splitlines()[-1])
+    s = json.loads((root / "runs/test-tiny/summary.json").read_text())
+    assert scored["val_bpb"] == s["val_bpb"] and scored["total_bytes"] == s["total_bytes"]
+
+
 def test_prepare_is_reused(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, _ = tiny_run
     again = pgolf("prepare", "--preset", "test-tiny", *tiny_flags(root)[2:], cwd=root)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from pgolf.data.shards import (
-    HEADER_BYTES,
     MAGIC,
     VERSION,
     count_tokens,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_text import TINY_VOCAB, make_documents, tiny_tokenizer  # noqa: F401
+from helpers_text import TINY_VOCAB, make_documents
 from torch import nn
 
 from pgolf.errors import UserError

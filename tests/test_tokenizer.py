@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-from helpers_text import TINY_VOCAB, as_float, make_documents, model_specs, tiny_tokenizer  # noqa: F401
+from helpers_text import TINY_VOCAB, as_float, make_documents, model_specs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -157,7 +157,7 @@ def cmd_eval(args: list[str]) -> int:
     """Score an artifact file on the validation shards (its own eval settings unless overridden)."""
     from pgolf import dist
     from pgolf.artifact import read_artifact
-    from pgolf.pipeline import eval_artifact
+    from pgolf.scoring import eval_artifact
 
     if not args or args[0].startswith("-"):
         raise UserError("pgolf eval needs the artifact path first: pgolf eval runs/NAME/final_model.int8.ptz [--data.* --eval.*]")
@@ -177,19 +177,12 @@ def cmd_eval(args: list[str]) -> int:
 
 def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:
     """The run config an artifact was trained with, so `pgolf eval` reuses its data and eval geometry."""
+    from pgolf.config import run_config_from_dict
+
     try:
-        return _dict_to_run_config(run_config)
+        return run_config_from_dict(run_config)
     except (TypeError, ValueError) as exc:
         raise UserError(f"the artifact's stored run config cannot be read ({exc}); pass --preset NAME") from None
-
-
-def _dict_to_run_config(d: dict[str, Any]) -> RunConfig:
-    from pgolf import config as c
-
-    sections = {"model": c.ModelConfig, "optim": c.OptimConfig, "train": c.TrainConfig, "data": c.DataConfig,
-                "prepare": c.PrepareConfig, "quant": c.QuantConfig, "eval": c.EvalConfig, "budget": c.BudgetConfig}
-    kwargs = {k: cls(**d[k]) for k, cls in sections.items() if k in d}
-    return RunConfig(name=d.get("name", "run"), out_dir=d.get("out_dir", "runs"), **kwargs)
 
 
 def cmd_run(args: list[str]) -> int:

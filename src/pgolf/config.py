@@ -304,3 +304,18 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     cfg = ModelConfig(**d)
     cfg.validate()
     return cfg
+
+
+def run_config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from its dict (as stored in an artifact); sections missing from the dict
+    keep their defaults, unknown fields are an error."""
+    sections = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig,
+                "prepare": PrepareConfig, "quant": QuantConfig, "eval": EvalConfig, "budget": BudgetConfig}
+    kwargs = {}
+    for key, cls in sections.items():
+        if key in d:
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(d[key]) - known)
+            _require(not unknown, f"run config section {key!r} has unknown fields {unknown}")
+            kwargs[key] = cls(**d[key])
+    return RunConfig(name=d.get("name", "run"), out_dir=d.get("out_dir", "runs"), **kwargs)

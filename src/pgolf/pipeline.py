@@ -8,55 +8,24 @@ periodic evaluation is a closure over them that returns numbers.
 from __future__ import annotations
 
 import lzma
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import brotli
-import numpy as np
 import torch
 
 from pgolf import dist
-from pgolf.artifact import LoadedArtifact, check_budget, read_artifact, write_artifact
-from pgolf.config import EvalConfig, RunConfig, config_to_dict, model_config_from_dict
-from pgolf.data.shards import list_shards, load_tokens
+from pgolf.artifact import read_artifact, write_artifact
+from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo
-from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval
-from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS, GPT
+from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS
 from pgolf.prepare import data_fingerprint, val_text_bytes
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
-from pgolf.tokenizer import build_byte_luts, load_tokenizer
+from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
 from pgolf.train import save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
-
-
-@dataclass
-class ValData:
-    """Validation tokens (truncated for the eval geometry) with the tokenizer's byte tables."""
-
-    tokens: torch.Tensor
-    luts: Any
-    sp: Any
-
-
-def load_val_data(dataset_dir: str, tokenizer_path: str, vocab_size: int, seq_len: int, max_tokens: int = 0) -> ValData:
-    """Read every validation shard, truncate like the challenge, and build the metric's tables."""
-    sp = load_tokenizer(tokenizer_path, vocab_size)
-    tokens = torch.from_numpy(load_tokens(list_shards(dataset_dir, "val")).astype(np.int64))
-    if max_tokens:
-        tokens = tokens[: max_tokens + 1]
-    return ValData(tokens=truncate_for_eval(tokens, seq_len), luts=build_byte_luts(sp, vocab_size), sp=sp)
-
-
-def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: int, stride: int, info: DistInfo,
-             autocast_bf16: bool, progress: bool = False) -> EvalResult:
-    """Evaluate with the configured geometry on this rank's share of the windows."""
-    return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
-                    rank=info.rank, world_size=info.world_size, device=info.device,
-                    autocast_bf16=autocast_bf16, progress=progress and info.is_main)
 
 
 def reference_compression_bpb(text: bytes) -> dict[str, float]:
@@ -65,13 +34,6 @@ def reference_compression_bpb(text: bytes) -> dict[str, float]:
         "xz": 8.0 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / max(len(text), 1),
         "brotli": 8.0 * len(brotli.compress(text, quality=11)) / max(len(text), 1),
     }
-
-
-def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> GPT:
-    """Rebuild the model from a read artifact alone (strict load: every tensor must match)."""
-    model = GPT(model_config_from_dict(loaded.model_config)).to(device)
-    model.load_state_dict({k: v.to(device) for k, v in loaded.state.items()}, strict=True)
-    return model
 
 
 def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
@@ -161,20 +123,3 @@ def format_summary(s: dict[str, Any]) -> list[str]:
         f"eval {s['eval_seconds']:.1f} s | reference on the same text: xz {ref['xz']:.3f} bpb, brotli {ref['brotli']:.3f} bpb",
         "=" * 72,
     ]
-
-
-def eval_artifact(path: str, cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
-    """`pgolf eval`: score an artifact on the validation shards; checks the byte budget first."""
-    loaded = read_artifact(path)
-    check_budget(loaded.info, cfg.budget.artifact_max_bytes)
-    total_bytes = loaded.info.total_bytes
-    model = build_model_from_artifact(loaded, info.device)
-    seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
-    val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
-    r = run_eval(model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
-    out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
-           "eval_seconds": r.seconds, "total_bytes": total_bytes, "seq_len": seq_len, "stride": stride}
-    if info.is_main:
-        print(f"val_bpb {r.bpb:.6f} | val_loss {r.loss:.6f} | {r.num_tokens:,} tokens, {r.num_bytes:,} bytes | "
-              f"seq {seq_len} stride {stride} | {r.seconds:.1f} s | artifact {total_bytes:,} bytes", file=sys.stdout)
-    return out

@@ -22,6 +22,8 @@ from pgolf.runlog import write_json_atomic
 from pgolf.tokenizer import BOS_ID, encode_documents, file_sha256, load_tokenizer, train_tokenizer
 
 MANIFEST_NAME = "prepare.json"
+PREPARE_VERSION = 2
+"""Bumped whenever the output of a preparation changes for the same inputs (invalidates old builds)."""
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PrepareResult:
 def prepare_key(cfg: PrepareConfig, sources: tuple[str, ...]) -> str:
     """Identity of a preparation: the corpus bytes and every setting that changes the output."""
     settings = {k: v for k, v in vars(cfg).items() if k != "force"}
+    settings["prepare_version"] = PREPARE_VERSION
     return f"{corpus_fingerprint(sources)[:16]}-{config_hash(settings)}"
 
 
@@ -79,6 +82,11 @@ def prepare(cfg: PrepareConfig, data: DataConfig, *, sources: tuple[str, ...] = 
     if cfg.max_docs_per_source:
         docs = _first_per_source(docs, cfg.max_docs_per_source)
     train_docs, val_docs = split_documents(docs, cfg.val_target_bytes, cfg.split_seed)
+    # The corpus is stored source by source; a sequential reader would see 4M tokens of speeches
+    # before any book or article. Shuffle the training documents once (a frozen order, like the
+    # challenge's docs_selected.jsonl) so every stretch of the stream mixes all sources.
+    order = np.random.default_rng(cfg.split_seed).permutation(len(train_docs))
+    train_docs = [train_docs[i] for i in order]
     log(f"prepare: {len(docs):,} documents -> {len(train_docs):,} train / {len(val_docs):,} val")
 
     train_tokenizer((d.text for d in train_docs), cfg.vocab_size, tok_path, max_text_bytes=cfg.tokenizer_train_bytes)

@@ -46,10 +46,10 @@ def cpu_baseline() -> RunConfig:
     """Baseline architecture and int8+zlib export, sized to 1,000,000 bytes and 600 s on 2 cores."""
     return RunConfig(
         name="cpu-baseline",
-        model=ModelConfig(num_layers=6, model_dim=192, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
+        model=ModelConfig(num_layers=7, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
         optim=_cpu_optim(),
         train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
-                          warmdown_iters=300, warmup_steps=3, max_wallclock_seconds=CPU_TRAIN_SECONDS,
+                          warmdown_iters=120, warmup_steps=3, max_wallclock_seconds=CPU_TRAIN_SECONDS,
                           val_loss_every=0, train_log_every=50),
         prepare=_cpu_prepare(),
         # Small matrices of a CPU-sized model would all fall under the baseline's 65,536-element
@@ -67,7 +67,7 @@ def cpu_demo() -> RunConfig:
         model=ModelConfig(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
         optim=_cpu_optim(),
         train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
-                          warmdown_iters=150, warmup_steps=2, max_wallclock_seconds=180.0,
+                          warmdown_iters=60, warmup_steps=2, max_wallclock_seconds=180.0,
                           val_loss_every=0, train_log_every=25),
         prepare=_cpu_prepare(),
         quant=QuantConfig(keep_float_max_numel=4_096),

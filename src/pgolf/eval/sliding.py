@@ -13,6 +13,7 @@ The model is any module with `per_token_nll(input_ids (B, T), target_ids (B, T))
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,7 +112,9 @@ def score_windows(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, window
 
 
 def _progress_bar(total: int) -> tqdm:
-    return tqdm(total=total, desc="eval", unit="win", leave=False, dynamic_ncols=True)
+    # A bar only on a terminal: redirected output (logs, CI) stays one line per event.
+    return tqdm(total=total, desc="eval", unit="win", leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
 
 
 def _rank_share(items: list[Window], rank: int, world_size: int) -> list[Window]:
