@@ -163,3 +163,17 @@ def test_tokenizer_vocab_mismatch_is_one_line(tiny_run: tuple[Path, subprocess.C
     line = one_line_error(pgolf("train", "--preset", "test-tiny", *tiny_flags(root), "--model.vocab_size", "1024",
                                 "--prepare.vocab_size", "1024", "--data.source", "fineweb", cwd=root))
     assert "vocab" in line
+
+
+def test_corrupt_shard_is_one_line(tmp_path: Path, tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    data = tmp_path / "data"
+    data.mkdir()
+    for shard in (root / "data/datasets/embedded_sp512").glob("fineweb_*.bin"):
+        raw = bytearray(shard.read_bytes())
+        if "_val_" in shard.name:
+            raw = raw[:-7]  # truncated: the size no longer matches the header's token count
+        (data / shard.name).write_bytes(bytes(raw))
+    art = root / "runs/test-tiny/final_model.int8.ptz"
+    line = one_line_error(pgolf("eval", str(art), "--data.dataset_dir", str(data), cwd=root))
+    assert "fineweb_val_000000.bin" in line

@@ -1,0 +1,25 @@
+"""The throughput benchmark runs on CPU and prints one JSON object with the numbers it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/throughput.py"), "--preset", "test-tiny",
+                           "--steps", "2", "--matmul-n", "256", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    for key in ("train_tokens_per_s", "eval_tokens_per_s", "peak_memory_bytes", "matmul_peak_flops", "mfu"):
+        assert result[key] > 0, key
+    # The achieved FLOP rate is derived from the measured token rate and the model's FLOPs per token.
+    assert result["achieved_flops"] == result["train_tokens_per_s"] * result["flops_per_token"]
+    assert result["mfu"] == result["achieved_flops"] / result["matmul_peak_flops"] < 1.5
