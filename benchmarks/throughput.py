@@ -5,7 +5,7 @@ against the bf16 matmul throughput measured in the same run (so the ratio is mac
 comparable across machines). Model FLOPs per token follow the PaLM appendix count: 6 x (matmul
 parameters, the output head included) + 12 x layers x model_dim x seq_len for attention.
 
-    python benchmarks/throughput.py [--preset cpu-baseline] [--steps 20] [--out benchmarks/results/x.json]
+    python benchmarks/throughput.py [--preset cpu-baseline] [--steps 20] [--eager] [--out benchmarks/results/x.json]
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def bench_train(cfg: RunConfig, steps: int, device: torch.device) -> dict[str, f
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
     opts = build_optimizers(model, cfg.optim)
+    # Train as `pgolf train` does: compiled when the preset compiles (the two untimed steps absorb
+    # the compilation), evaluation uncompiled.
+    run_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
     apply_lr(opts, 1.0, cfg.optim.muon_momentum)
     tc = cfg.train
     micro = tc.train_batch_tokens // tc.grad_accum_steps
@@ -64,7 +67,7 @@ def bench_train(cfg: RunConfig, steps: int, device: torch.device) -> dict[str, f
     def one_step() -> None:
         for _ in range(tc.grad_accum_steps):
             with ctx:
-                loss = model(x, x)
+                loss = run_model(x, x)
             (loss / tc.grad_accum_steps).backward()
         for o in opts:
             o.step()
@@ -102,8 +105,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--matmul-n", type=int, default=1024)
     ap.add_argument("--out", default="")
+    ap.add_argument("--eager", action="store_true", help="do not compile even if the preset does")
     a = ap.parse_args()
     cfg = get_preset(a.preset)
+    if a.eager:
+        cfg.train.compile = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if cfg.train.autocast_bf16 else torch.float32
     peak = matmul_flops_per_second(a.matmul_n, dtype, device)
@@ -117,6 +123,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": str(dtype).replace("torch.", ""),
+        "compile": cfg.train.compile,
         **train,
         "eval_tokens_per_s": eval_tps,
         "peak_memory_bytes": peak_memory_bytes(device),

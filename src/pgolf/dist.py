@@ -85,5 +85,9 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank is done (rank 0 may still be writing files; a rank that
+    tears down while a peer is busy can abort it). If a rank failed, torchrun stops the others."""
     if dist.is_available() and dist.is_initialized():
+        if is_active():
+            dist.barrier()
         dist.destroy_process_group()

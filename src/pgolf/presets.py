@@ -50,7 +50,7 @@ def cpu_baseline() -> RunConfig:
         optim=_cpu_optim(),
         train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
                           warmdown_iters=120, warmup_steps=3, max_wallclock_seconds=CPU_TRAIN_SECONDS,
-                          val_loss_every=0, train_log_every=50),
+                          val_loss_every=0, train_log_every=50, compile=True),
         prepare=_cpu_prepare(),
         # Small matrices of a CPU-sized model would all fall under the baseline's 65,536-element
         # "keep float" threshold; scale it with the model so the matrices are quantised as intended.
@@ -68,7 +68,7 @@ def cpu_demo() -> RunConfig:
         optim=_cpu_optim(),
         train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
                           warmdown_iters=60, warmup_steps=2, max_wallclock_seconds=180.0,
-                          val_loss_every=0, train_log_every=25),
+                          val_loss_every=0, train_log_every=25, compile=True),
         prepare=_cpu_prepare(),
         quant=QuantConfig(keep_float_max_numel=4_096),
         eval=EvalConfig(batch_tokens=65_536),
