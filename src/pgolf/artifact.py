@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import brotli
-import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes
+from safetensors.torch import save as safetensors_to_bytes
 import zstandard
 from torch import Tensor
 
@@ -218,7 +219,7 @@ def write_artifact(path: str | Path, state: dict[str, Tensor], *, model_config: 
         "extra_meta": extra_meta or {},
     }
     metadata = {"pgolf_meta": _json(pgolf_meta), "model_config": _json(model_config), "run_config": _json(run_config)}
-    raw = canonical_safetensors(safetensors.torch.save(tensors, metadata=metadata))
+    raw = canonical_safetensors(safetensors_to_bytes(tensors, metadata=metadata))
     payload = compress(raw, quant.compressor, quant.level)
     blob = pack_header(quant.compressor, payload) + payload
     write_bytes_atomic(path, blob)
@@ -277,7 +278,7 @@ def _decode(path: Path, raw: bytes) -> tuple[dict[str, Tensor], dict[str, Any], 
         meta, model_config, run_config = (json.loads(strings[k]) for k in ("pgolf_meta", "model_config", "run_config"))
         if not all(isinstance(x, dict) for x in (meta, model_config, run_config)):
             raise ValueError("metadata entries are not JSON objects")
-        tensors = safetensors.torch.load(raw)
+        tensors = safetensors_from_bytes(raw)  # safetensors: plain tensors, no code
         state = dequantize_state_dict_int8(tensors, meta["quant"])
     except Exception as exc:  # malformed input may fail in any parser; report it as one line
         raise UserError(f"artifact {path} has malformed metadata or tensors ({type(exc).__name__}: {exc}); "
