@@ -177,3 +177,33 @@ def test_corrupt_shard_is_one_line(tmp_path: Path, tiny_run: tuple[Path, subproc
     art = root / "runs/test-tiny/final_model.int8.ptz"
     line = one_line_error(pgolf("eval", str(art), "--data.dataset_dir", str(data), cwd=root))
     assert "fineweb_val_000000.bin" in line
+
+
+def test_help_lists_flags_as_the_readme_writes_them(tmp_path: Path) -> None:
+    proc = pgolf("run", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--train.max_wallclock_seconds", "--model.num_layers", "--eval.stride", "--train.compile {True,False}"):
+        assert flag in proc.stdout, flag
+    fineweb = pgolf("data", "fineweb", "--help", cwd=tmp_path)
+    assert fineweb.returncode == 0 and "--train-shards" in fineweb.stdout
+
+
+def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    import signal
+    import time
+
+    root, _ = tiny_run
+    metrics = root / "runs/interrupted/metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "pgolf", "run", "--preset", "test-tiny", *tiny_flags(root),
+                             "--name", "interrupted", "--train.iterations", "1000000",
+                             "--train.max_wallclock_seconds", "0", "--train.val_loss_every", "0"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"event": "step"' in metrics.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    s = json.loads((root / "runs/interrupted/summary.json").read_text())
+    assert s["stopped_by"] == "interrupted" and 1 <= s["steps"] < 1_000_000
+    assert (root / "runs/interrupted/final_model.int8.ptz").exists() and math.isfinite(s["val_bpb"])

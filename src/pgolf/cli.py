@@ -47,7 +47,7 @@ def parse_config(args: list[str], default: RunConfig, prog: str) -> RunConfig:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            cfg = tyro.cli(RunConfig, args=args, default=default, prog=prog,
+            cfg = tyro.cli(RunConfig, args=args, default=default, prog=prog, use_underscores=True,
                            config=(tyro.conf.FlagConversionOff,))
     except SystemExit as exc:
         if exc.code in (0, None):
@@ -78,7 +78,8 @@ def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
 
 def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig:
     preset, rest = split_preset(args)
-    if preset is None and require_preset:
+    wants_help = any(a in ("-h", "--help") for a in rest)
+    if preset is None and require_preset and not wants_help:
         raise UserError(f"{prog} needs --preset NAME; choose one of: {', '.join(PRESETS)}")
     return parse_config(rest, get_preset(preset or DEFAULT_PRESET), prog)
 
