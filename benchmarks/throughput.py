@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from pgolf.config import RunConfig
+from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, is_control_tensor
 from pgolf.optim.groups import build_optimizers
 from pgolf.optim.schedule import apply_lr
@@ -134,11 +133,7 @@ def main() -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        write_bytes_atomic(a.out, (text + "\n").encode("utf-8"))
     return 0
 
 

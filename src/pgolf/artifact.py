@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from torch import Tensor
 import pgolf
 from pgolf.config import ConfigError, QuantConfig
 from pgolf.errors import UserError
+from pgolf.fileio import write_bytes_atomic
 from pgolf.quant.int8 import dequantize_state_dict_int8, quantize_state_dict_int8
 
 MAGIC = b"PGOLFAR1"
@@ -54,6 +53,7 @@ COUNTED_MODULES: tuple[str, ...] = (
     "artifact.py",
     "config.py",
     "errors.py",
+    "fileio.py",
     "quant/__init__.py",
     "quant/int8.py",
     "model/__init__.py",
@@ -182,21 +182,6 @@ def canonical_safetensors(data: bytes) -> bytes:
     text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + data[8 + header_len:]
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_artifact(path: str | Path, state: dict[str, Tensor], *, model_config: dict[str, Any],

@@ -24,7 +24,7 @@ from typing import Any
 
 import tyro
 
-from pgolf.config import ConfigError, RunConfig, config_to_dict
+from pgolf.config import ConfigError, RunConfig
 from pgolf.errors import UserError
 from pgolf.presets import PRESETS, get_preset
 
@@ -127,28 +127,13 @@ def ensure_data(cfg: RunConfig, info: Any) -> None:
 def cmd_train(args: list[str]) -> int:
     """Train a preset (with overrides) and export its artifact; no final evaluation."""
     from pgolf import dist
-    from pgolf.artifact import write_artifact
-    from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS
-    from pgolf.pipeline import ARTIFACT_NAME
-    from pgolf.prepare import data_fingerprint
-    from pgolf.runlog import RunLogger, run_header
-    from pgolf.train import save_raw_model, train
+    from pgolf.pipeline import train_and_export
 
     cfg = config_from_args(args, "pgolf train")
     info = _init_dist()
     try:
         ensure_data(cfg, info)
-        run_dir = Path(cfg.out_dir) / cfg.name
-        log = RunLogger(run_dir, is_main=info.is_main)
-        log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg.data),
-                              command="pgolf train " + shlex.join(args)))
-        result = train(cfg, info, log)
-        if info.is_main:
-            save_raw_model(result.model, run_dir / "final_model.safetensors")
-            art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(),
-                                 model_config=config_to_dict(cfg.model), run_config=config_to_dict(cfg),
-                                 quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS)
-            log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
+        train_and_export(cfg, info, command="pgolf train " + shlex.join(args))
     finally:
         dist.shutdown()
     return 0

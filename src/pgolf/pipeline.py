@@ -16,14 +16,14 @@ import brotli
 import torch
 
 from pgolf import dist
-from pgolf.artifact import read_artifact, write_artifact
+from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo
 from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS
 from pgolf.prepare import data_fingerprint, val_text_bytes
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
 from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
-from pgolf.train import save_raw_model, train
+from pgolf.train import TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
 
@@ -36,13 +36,37 @@ def reference_compression_bpb(text: bytes) -> dict[str, float]:
     }
 
 
-def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
-    """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
+def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLogger]:
+    """The run folder and its logger, with the self-describing header already written."""
     cfg.validate()
     run_dir = Path(cfg.out_dir) / cfg.name
     log = RunLogger(run_dir, is_main=info.is_main)
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg.data),
                           command=command))
+    return run_dir, log
+
+
+def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
+    """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
+    save_raw_model(result.model, run_dir / "final_model.safetensors")
+    art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
+                         run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS,
+                         extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+    log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
+    return art
+
+
+def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train") -> None:
+    """`pgolf train`: train and export the artifact, no final evaluation."""
+    run_dir, log = start_run(cfg, info, command)
+    result = train(cfg, info, log)
+    if info.is_main:
+        export(cfg, result, run_dir, log)
+
+
+def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
+    """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
+    run_dir, log = start_run(cfg, info, command)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
     val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, cfg.model.vocab_size, seq_len,
                         cfg.eval.max_tokens)
@@ -57,10 +81,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
 
     artifact_path = run_dir / ARTIFACT_NAME
     if info.is_main:
-        save_raw_model(result.model, run_dir / "final_model.safetensors")
-        write_artifact(artifact_path, result.model.state_dict(), model_config=config_to_dict(cfg.model),
-                       run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS,
-                       extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+        export(cfg, result, run_dir, log)
     dist.barrier()
     t0 = time.perf_counter()
     loaded = read_artifact(artifact_path)
@@ -94,11 +115,11 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
         "eval_stride": stride,
         "val_tokens_scored": post.num_tokens,
         "val_bytes_scored": post.num_bytes,
-        "reference_bpb": reference_compression_bpb(val_text_bytes(val.tokens.numpy(), val.sp)),
         "world_size": info.world_size,
         "seed": cfg.train.seed,
     }
     if info.is_main:
+        summary["reference_bpb"] = reference_compression_bpb(val_text_bytes(val.tokens.numpy(), val.sp))
         write_json_atomic(run_dir / "summary.json", summary)
         log.metrics("summary", **summary)
         for line in format_summary(summary):

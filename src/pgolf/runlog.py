@@ -21,6 +21,7 @@ import torch
 
 from pgolf import __version__
 from pgolf.config import RunConfig, config_hash, config_to_dict
+from pgolf.fileio import write_bytes_atomic
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -192,10 +193,7 @@ class RunLogger:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -23,9 +23,6 @@ from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval
 from pgolf.model.gpt import GPT
 from pgolf.tokenizer import build_byte_luts, load_tokenizer
 
-ARTIFACT_NAME = "final_model.int8.ptz"
-
-
 @dataclass
 class ValData:
     """Validation tokens (truncated for the eval geometry) with the tokenizer's byte tables."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import sentencepiece as spm
 import torch
 
 from pgolf.errors import UserError
+from pgolf.fileio import write_bytes_atomic
 
 BOS_ID, EOS_ID, PAD_ID, UNK_ID = 1, 2, 0, 3
 SPACE_PIECE = "\u2581"  # "▁", SentencePiece's visible stand-in for a space
@@ -96,13 +96,6 @@ def _capped(lines: Iterable[str], max_bytes: int | None) -> Iterator[str]:
         yield line
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name in the same folder, then rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _vocab_text(proto: bytes) -> str:
     """The `.vocab` companion file SentencePiece writes: one `piece<TAB>score` line per id."""
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -127,8 +120,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_path: Path, *,
         num_threads=num_threads, minloglevel=2,  # errors still raise; only progress chatter is hidden
     )
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(model_path, proto.getvalue())
-    _write_atomic(model_path.with_suffix(".vocab"), _vocab_text(proto.getvalue()).encode("utf-8"))
+    write_bytes_atomic(model_path, proto.getvalue())
+    write_bytes_atomic(model_path.with_suffix(".vocab"), _vocab_text(proto.getvalue()).encode("utf-8"))
     return model_path
 
 

@@ -28,6 +28,7 @@ from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo
 from pgolf.errors import UserError
+from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
 from pgolf.optim.groups import build_optimizers, describe_groups
 from pgolf.optim.schedule import apply_lr, lr_multiplier, muon_momentum_at
@@ -229,10 +230,7 @@ def _log_step(log: RunLogger, cfg: RunConfig, step: int, loss: float, mul: float
 
 def save_raw_model(model: GPT, path: Path) -> None:
     """Full-precision weights (not the artifact; not counted) in safetensors, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    write_bytes_atomic(path, save(state))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pgolf.errors import UserError
+from pgolf.fileio import write_bytes_atomic
 
 MAGIC = 20240520
 VERSION = 1
@@ -57,16 +58,7 @@ def write_shard(path: str | os.PathLike[str], tokens: np.ndarray) -> Path:
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(path, header.tobytes(), tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
 
 
 def read_shard_header(path: str | os.PathLike[str]) -> int:
