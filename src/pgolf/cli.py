@@ -222,8 +222,6 @@ def cmd_data(args: list[str]) -> int:
             sys.stderr.write(captured.getvalue())
             raise
         raise UserError(_condense_tyro_error(captured.getvalue())) from None
-    if fa.train_shards < 0:
-        raise UserError(f"--train-shards {fa.train_shards} must be >= 0")
     paths = download_fineweb(variant=fa.variant, train_shards=fa.train_shards, root=fa.root, repo_id=fa.repo_id,
                              skip_manifest=fa.skip_manifest, with_docs=fa.with_docs)
     print(f"{len(paths)} files ready under {fa.root}")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pgolf.config import DataConfig, PrepareConfig, config_hash
-from pgolf.data.corpus import SOURCES, corpus_fingerprint, load_documents, split_documents
+from pgolf.data.corpus import SOURCES, corpus_fingerprint, load_documents, shuffle_documents, split_documents
 from pgolf.data.shards import count_tokens, list_shards, write_documents_as_shards
 from pgolf.runlog import write_json_atomic
 from pgolf.tokenizer import BOS_ID, encode_documents, file_sha256, load_tokenizer, train_tokenizer
@@ -82,11 +82,7 @@ def prepare(cfg: PrepareConfig, data: DataConfig, *, sources: tuple[str, ...] = 
     if cfg.max_docs_per_source:
         docs = _first_per_source(docs, cfg.max_docs_per_source)
     train_docs, val_docs = split_documents(docs, cfg.val_target_bytes, cfg.split_seed)
-    # The corpus is stored source by source; a sequential reader would see 4M tokens of speeches
-    # before any book or article. Shuffle the training documents once (a frozen order, like the
-    # challenge's docs_selected.jsonl) so every stretch of the stream mixes all sources.
-    order = np.random.default_rng(cfg.split_seed).permutation(len(train_docs))
-    train_docs = [train_docs[i] for i in order]
+    train_docs = shuffle_documents(train_docs, cfg.split_seed)  # every stretch of the stream mixes sources
     log(f"prepare: {len(docs):,} documents -> {len(train_docs):,} train / {len(val_docs):,} val")
 
     train_tokenizer((d.text for d in train_docs), cfg.vocab_size, tok_path, max_text_bytes=cfg.tokenizer_train_bytes)

@@ -128,3 +128,14 @@ def split_documents(docs: Sequence[Document], val_target_bytes: int,
     train = [d for i, d in enumerate(docs) if i not in val_positions]
     val = [d for i, d in enumerate(docs) if i in val_positions]
     return train, val
+
+
+def shuffle_documents(docs: Sequence[Document], seed: int) -> list[Document]:
+    """The documents in one fixed pseudo-random order (numpy's generator, so the same on every machine).
+
+    The corpus is stored source by source; training reads its shard front to back, so without this
+    the first 4M tokens would be nothing but speeches. Like the challenge's frozen shuffle of
+    `docs_selected.jsonl`, the order is fixed once, at preparation time."""
+    order = np.random.default_rng(seed).permutation(len(docs))
+    return [docs[i] for i in order]
+
