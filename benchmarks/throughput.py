@@ -18,12 +18,20 @@ import time
 import torch
 
 from pgolf.config import RunConfig
+from pgolf.dist import use_bf16
 from pgolf.fileio import write_bytes_atomic
-from pgolf.model.gpt import GPT, is_control_tensor
+from pgolf.model.gpt import GPT
+from pgolf.model.roles import param_roles
 from pgolf.optim.groups import build_optimizers
 from pgolf.optim.schedule import apply_lr
 from pgolf.presets import get_preset
 from pgolf.runlog import cpu_model, peak_memory_bytes
+
+
+def matmul_peak(sizes: list[int], dtype: torch.dtype, device: torch.device, seconds: float) -> dict[str, float]:
+    """The best sustained matmul rate over a sweep of square sizes (n -> FLOP/s, and "peak")."""
+    rates = {str(n): matmul_flops_per_second(n, dtype, device, seconds) for n in sizes}
+    return {**rates, "peak": max(rates.values())}
 
 
 def matmul_flops_per_second(n: int, dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
@@ -44,8 +52,8 @@ def matmul_flops_per_second(n: int, dtype: torch.dtype, device: torch.device, se
 def flops_per_token(model: GPT, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward)."""
     cfg = model.cfg
-    matmul = sum(p.numel() for name, p in model.named_parameters()
-                 if p.ndim == 2 and not is_control_tensor(name) and "tok_emb" not in name)
+    roles = param_roles(model)
+    matmul = sum(p.numel() for name, p in model.named_parameters() if roles[name] in ("matrix", "head", "gate"))
     matmul += cfg.vocab_size * cfg.model_dim  # the (tied) output head is a matmul too
     return 6.0 * matmul + 12.0 * cfg.num_layers * cfg.model_dim * seq_len
 
@@ -61,7 +69,7 @@ def bench_train(cfg: RunConfig, steps: int, device: torch.device) -> dict[str, f
     tc = cfg.train
     micro = tc.train_batch_tokens // tc.grad_accum_steps
     x = torch.randint(0, cfg.model.vocab_size, (micro // tc.train_seq_len, tc.train_seq_len), device=device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.autocast_bf16)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(tc.dtype, device))
 
     def one_step() -> None:
         for _ in range(tc.grad_accum_steps):
@@ -89,7 +97,7 @@ def bench_eval(cfg: RunConfig, device: torch.device, batches: int = 5) -> float:
     seq = cfg.eval_seq_len
     n_seq = max(cfg.eval.batch_tokens // seq, 1)
     x = torch.randint(0, cfg.model.vocab_size, (n_seq, seq), device=device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast_bf16)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.eval.dtype, device))
     with torch.inference_mode(), ctx:
         model.per_token_nll(x, x)
         t0 = time.perf_counter()
@@ -102,7 +110,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-baseline")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--matmul-sizes", default="256,512,1024,2048", help="square matmul sizes of the peak sweep")
     ap.add_argument("--out", default="")
     ap.add_argument("--eager", action="store_true", help="do not compile even if the preset does")
     a = ap.parse_args()
@@ -110,8 +118,9 @@ def main() -> int:
     if a.eager:
         cfg.train.compile = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if cfg.train.autocast_bf16 else torch.float32
-    peak = matmul_flops_per_second(a.matmul_n, dtype, device)
+    dtype = torch.bfloat16 if use_bf16(cfg.train.dtype, device) else torch.float32
+    sweep = matmul_peak([int(n) for n in a.matmul_sizes.split(",")], dtype, device, seconds=0.5)
+    peak = sweep["peak"]
     train = bench_train(cfg, a.steps, device)
     eval_tps = bench_eval(cfg, device)
     achieved = train["train_tokens_per_s"] * train["flops_per_token"]
@@ -127,6 +136,7 @@ def main() -> int:
         "eval_tokens_per_s": eval_tps,
         "peak_memory_bytes": peak_memory_bytes(device),
         "matmul_peak_flops": peak,
+        "matmul_sweep_flops": sweep,
         "achieved_flops": achieved,
         "mfu": achieved / peak,
     }

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/throughput.py"), "--preset", "test-tiny",
-                           "--steps", "2", "--matmul-n", "256", "--out", str(out)],
+                           "--steps", "2", "--matmul-sizes", "64,256", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -70,7 +70,8 @@ def test_cpu_presets_fit_the_byte_budget_with_random_weights(name: str, tmp_path
     # so fitting with these is a conservative check of the preset's dimensions.
     from pgolf.artifact import write_artifact
     from pgolf.config import config_to_dict
-    from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS, GPT
+    from pgolf.model.gpt import GPT
+    from pgolf.pipeline import control_names
 
     cfg = get_preset(name)
     torch.manual_seed(0)
@@ -80,5 +81,5 @@ def test_cpu_presets_fit_the_byte_budget_with_random_weights(name: str, tmp_path
             if p.ndim == 2:
                 p.normal_(0.0, 0.05)
     info = write_artifact(tmp_path / "a.ptz", model.state_dict(), model_config=config_to_dict(cfg.model),
-                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS)
+                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(model))
     assert info.total_bytes <= CPU_ARTIFACT_MAX_BYTES == cfg.budget.artifact_max_bytes

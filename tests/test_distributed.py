@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 FLAGS = ["--preset", "test-tiny", "--train.iterations", "4", "--train.warmup_steps", "0",
-         "--train.val_loss_every", "0", "--train.autocast_bf16", "False"]
+         "--train.val_loss_every", "0", "--train.dtype", "float32"]
 
 
 def train(root: Path, name: str, nproc: int) -> list[float]:

@@ -3,6 +3,8 @@ agreement, GQA, per-token nll, a few optimiser steps learn, bf16 autocast, torch
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 from pgolf.config import ModelConfig, OptimConfig
 from pgolf.model.attention import attend
-from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS, GPT, count_parameters, is_control_tensor
+from pgolf.model.gpt import GPT, count_parameters
+from pgolf.model.roles import ROLES, param_roles
 from pgolf.optim.groups import build_optimizers
 
 V = 64
@@ -52,10 +55,27 @@ def test_parameter_names_follow_the_baseline() -> None:
     assert not any("rotary" in k for k in GPT(tiny()).state_dict())  # cos/sin caches are not persistent
 
 
-def test_control_tensor_patterns() -> None:
-    assert "q_gain" in CONTROL_TENSOR_PATTERNS
-    assert is_control_tensor("blocks.3.resid_mix") and is_control_tensor("skip_weights")
-    assert not is_control_tensor("blocks.3.attn.c_q.weight")
+def test_every_parameter_has_exactly_one_role_read_from_structure() -> None:
+    model = GPT(tiny())
+    roles = param_roles(model)
+    assert list(roles) == [name for name, _ in model.named_parameters()]
+    assert set(roles.values()) <= set(ROLES)
+    # The baseline's control tensors (its CONTROL_TENSOR_NAME_PATTERNS) are exactly the loose parameters.
+    controls = {n for n, r in roles.items() if r == "control"}
+    patterns = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
+    assert controls == {n for n in roles if any(p in n for p in patterns)}
+    assert roles["tok_emb.weight"] == "embedding" and roles["blocks.0.attn.c_q.weight"] == "matrix"
+    untied = param_roles(GPT(dataclasses.replace(tiny(), tie_embeddings=False)))
+    assert untied["lm_head.weight"] == "head"
+
+
+def test_a_new_loose_parameter_is_a_control_and_an_untagged_layer_is_refused() -> None:
+    model = GPT(tiny())
+    model.blocks[0].new_gate = torch.nn.Parameter(torch.zeros(4))
+    assert param_roles(model)["blocks.0.new_gate"] == "control"
+    model.blocks[0].odd = torch.nn.Embedding(3, 4)  # an embedding constructed without a role
+    with pytest.raises(ValueError, match="blocks.0.odd.weight"):
+        param_roles(model)
 
 
 def test_output_shapes_and_dtypes() -> None:

@@ -13,48 +13,36 @@ in `config.py`. User mistakes exit with code 2 and one line naming the problem a
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tyro
-
 from pgolf.config import ConfigError, RunConfig
 from pgolf.errors import UserError
 from pgolf.presets import PRESETS, get_preset
 
 DEFAULT_PRESET = "cpu-demo"
-USAGE = "usage: pgolf {prepare,train,eval,run,data,presets} [--preset NAME] [--section.field VALUE ...]"
+USAGE = "usage: pgolf {" + ",".join(("prepare", "train", "eval", "run", "data", "presets")) + "} [--preset NAME] [--section.field VALUE ...]"
 
 
-def _condense_tyro_error(text: str) -> str:
-    """tyro reports errors in a box; keep its title and first message as one line."""
-    lines = [re.sub(r"[│╭╮╰╯─]+", " ", ln).strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        return "invalid arguments; run with --help"
-    kept = [lines[0]] + [ln for ln in lines[1:4] if not ln.lower().startswith(("for full helptext", "argument helptext"))]
-    return " ".join(kept).replace("  ", " ") + " (run with --help for every flag)"
+def wants_help(args: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in args)
+
+
+def print_config_help(usage: str, default: RunConfig) -> None:
+    from pgolf.helptext import config_help
+
+    print(config_help(default, usage, list(PRESETS)))
 
 
 def parse_config(args: list[str], default: RunConfig, prog: str) -> RunConfig:
-    """Apply `--section.field` overrides to a preset; bad flags become a one-line UserError."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            cfg = tyro.cli(RunConfig, args=args, default=default, prog=prog, use_underscores=True,
-                           config=(tyro.conf.FlagConversionOff,))
-    except SystemExit as exc:
-        if exc.code in (0, None):
-            sys.stderr.write(captured.getvalue())
-            raise
-        raise UserError(_condense_tyro_error(captured.getvalue())) from None
-    return cfg.validate()
+    """Apply `--section.field` overrides to a preset; a bad flag or value is a one-line ConfigError."""
+    from pgolf.flags import apply_overrides
+
+    return apply_overrides(default, args)
 
 
 def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
@@ -76,10 +64,14 @@ def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
     return preset, rest
 
 
-def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig:
+def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig | None:
+    """The preset with the flags applied, or None after printing the help when it was asked for."""
     preset, rest = split_preset(args)
-    wants_help = any(a in ("-h", "--help") for a in rest)
-    if preset is None and require_preset and not wants_help:
+    if wants_help(rest):
+        print_config_help(f"usage: {prog} --preset NAME [--section.field VALUE ...]",
+                          get_preset(preset or DEFAULT_PRESET))
+        return None
+    if preset is None and require_preset:
         raise UserError(f"{prog} needs --preset NAME; choose one of: {', '.join(PRESETS)}")
     return parse_config(rest, get_preset(preset or DEFAULT_PRESET), prog)
 
@@ -95,6 +87,8 @@ def cmd_prepare(args: list[str]) -> int:
     from pgolf.prepare import prepare
 
     cfg = config_from_args(args, "pgolf prepare")
+    if cfg is None:
+        return 0
     if cfg.data.source != "embedded":
         raise UserError(f"data.source is {cfg.data.source!r}; `pgolf prepare` builds the embedded corpus — "
                         f"use `pgolf data fineweb` for the challenge data")
@@ -130,6 +124,8 @@ def cmd_train(args: list[str]) -> int:
     from pgolf.pipeline import train_and_export
 
     cfg = config_from_args(args, "pgolf train")
+    if cfg is None:
+        return 0
     info = _init_dist()
     try:
         ensure_data(cfg, info)
@@ -145,6 +141,12 @@ def cmd_eval(args: list[str]) -> int:
     from pgolf.artifact import read_artifact
     from pgolf.scoring import eval_artifact
 
+    if wants_help(args):
+        preset, _ = split_preset(args)
+        print_config_help("usage: pgolf eval ARTIFACT [--preset NAME] [--data.* --eval.* ...]\n\n"
+                          "Scores ARTIFACT on the validation shards with the data and eval settings stored in it,\n"
+                          "or those of --preset, with any flag overriding them.", get_preset(preset or DEFAULT_PRESET))
+        return 0
     if not args or args[0].startswith("-"):
         raise UserError("pgolf eval needs the artifact path first: pgolf eval runs/NAME/final_model.int8.ptz [--data.* --eval.*]")
     path, rest = args[0], args[1:]
@@ -177,6 +179,8 @@ def cmd_run(args: list[str]) -> int:
     from pgolf.pipeline import run
 
     cfg = config_from_args(args, "pgolf run", require_preset=True)
+    if cfg is None:
+        return 0
     info = _init_dist()
     try:
         ensure_data(cfg, info)
@@ -213,19 +217,47 @@ def cmd_data(args: list[str]) -> int:
 
     if not args or args[0] != "fineweb":
         raise UserError("usage: pgolf data fineweb --variant sp1024 --train-shards N")
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            fa = tyro.cli(FinewebArgs, args=args[1:], prog="pgolf data fineweb")
-    except SystemExit as exc:
-        if exc.code in (0, None):
-            sys.stderr.write(captured.getvalue())
-            raise
-        raise UserError(_condense_tyro_error(captured.getvalue())) from None
+    if wants_help(args):
+        print("usage: pgolf data fineweb [flags]\n\n" + (FinewebArgs.__doc__ or "") + "\n")
+        from pgolf.helptext import flag_lines
+
+        print("\n".join(flag_lines(FinewebArgs(), "--", dashes=True)))
+        return 0
+    fa = parse_flat_args(FinewebArgs(), args[1:])
     paths = download_fineweb(variant=fa.variant, train_shards=fa.train_shards, root=fa.root, repo_id=fa.repo_id,
                              skip_manifest=fa.skip_manifest, with_docs=fa.with_docs)
     print(f"{len(paths)} files ready under {fa.root}")
     return 0
+
+
+def parse_flat_args(obj: Any, args: list[str]) -> Any:
+    """`--name VALUE` flags (dashes or underscores) onto a flat dataclass instance."""
+    from pgolf.flags import field_types, parse_text
+
+    types = field_types(type(obj))
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        flag, eq, text = args[i].partition("=")
+        name = flag[2:].replace("-", "_")
+        if not flag.startswith("--") or name not in types:
+            raise UserError(f"unknown flag {flag}; choose from " + ", ".join("--" + n.replace("_", "-") for n in types))
+        if not eq:
+            if i + 1 >= len(args):
+                raise UserError(f"{flag} needs a value")
+            text, i = args[i + 1], i + 1
+        tp = types[name]
+        values[name] = None if text == "None" and "None" in str(tp) else parse_text(text, _plain(tp), flag)
+        i += 1
+    return dataclasses.replace(obj, **values)
+
+
+def _plain(tp: Any) -> Any:
+    """`str | None` -> str: optional flat fields take their base type from the command line."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) and args else tp
 
 
 def cmd_presets(args: list[str]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,19 @@ class ConfigError(ValueError):
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_finite(section: Any, prefix: str) -> None:
+    """Every float field of a section is a finite number (NaN and inf slip past range checks)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{prefix}.{f.name}={value} must be a finite number")
+
+
+# Upper bounds of any sane model; they keep a hostile stored config from allocating without limit.
+MAX_LAYERS = 1024
+MAX_MODEL_DIM = 32_768
 
 
 @dataclass(kw_only=True)
@@ -61,13 +75,19 @@ class ModelConfig:
 
     def validate(self) -> None:
         h, kv, d = self.num_heads, self.num_kv_heads, self.model_dim
-        _require(self.vocab_size > 3, f"model.vocab_size={self.vocab_size} must be > 3 (pad/bos/eos/unk are reserved)")
-        _require(self.num_layers >= 1, f"model.num_layers={self.num_layers} must be >= 1")
+        _require(3 < self.vocab_size <= 65_536, f"model.vocab_size={self.vocab_size} must be in 4..65536 "
+                 "(pad/bos/eos/unk are reserved; shards store uint16 ids)")
+        _require(1 <= self.num_layers <= MAX_LAYERS, f"model.num_layers={self.num_layers} must be in 1..{MAX_LAYERS}")
+        _require(1 <= d <= MAX_MODEL_DIM, f"model.model_dim={d} must be in 1..{MAX_MODEL_DIM}")
         _require(h >= 1 and d % h == 0, f"model.model_dim={d} is not divisible by model.num_heads={h}")
         _require(kv >= 1 and h % kv == 0, f"model.num_heads={h} is not divisible by model.num_kv_heads={kv}")
         _require((d // h) % 2 == 0, f"head_dim={d // h} (model.model_dim/model.num_heads) must be even for RoPE")
         _require(self.mlp_hidden_dim >= 1, f"model.mlp_mult={self.mlp_mult} gives an empty MLP")
         _require(self.logit_softcap > 0, f"model.logit_softcap={self.logit_softcap} must be > 0")
+        _require(self.rope_base > 0, f"model.rope_base={self.rope_base} must be > 0")
+        _require(self.tied_embed_init_std >= 0, f"model.tied_embed_init_std={self.tied_embed_init_std} must be >= 0")
+        _require(self.mlp_mult > 0 and self.mlp_hidden_dim <= 16 * MAX_MODEL_DIM,
+                 f"model.mlp_mult={self.mlp_mult} must be > 0 and give at most {16 * MAX_MODEL_DIM} hidden units")
 
 
 @dataclass(kw_only=True)
@@ -100,6 +120,8 @@ class OptimConfig:
     """Adam epsilon."""
     grad_clip_norm: float = 0.0
     """Global gradient-norm clip; 0 disables."""
+    muon_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Dtype of the Newton-Schulz iteration; `auto` as train.dtype (bfloat16 where it is native)."""
 
     def validate(self) -> None:
         for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr"):
@@ -136,8 +158,9 @@ class TrainConfig:
     data_order: Literal["challenge", "seeded"] = "challenge"
     """`challenge`: shards in name order from token 0, as the baseline reads them; `seeded`: a shard
     permutation and start offset drawn from the seed."""
-    autocast_bf16: bool = True
-    """bf16 autocast for forward passes (CPU and CUDA); the loss is computed in fp32."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Compute dtype of forward passes: bfloat16 autocast (the loss stays fp32) or plain float32; `auto` is
+    bfloat16 on CUDA and on CPUs with native bf16 instructions, float32 elsewhere (emulated bf16 is slower)."""
     compile: bool = False
     """torch.compile the model (costs a cold start; worth it for long runs on GPU)."""
 
@@ -154,6 +177,9 @@ class TrainConfig:
         _require(self.warmdown_iters >= 0, f"train.warmdown_iters={self.warmdown_iters} must be >= 0")
         _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
         _require(self.max_wallclock_seconds >= 0, f"train.max_wallclock_seconds={self.max_wallclock_seconds} must be >= 0")
+        _require(0 <= self.seed < 2**63, f"train.seed={self.seed} must be in 0..2^63-1")
+        _require(self.val_loss_every >= 0, f"train.val_loss_every={self.val_loss_every} must be >= 0")
+        _require(self.train_log_every >= 1, f"train.train_log_every={self.train_log_every} must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -197,6 +223,10 @@ class PrepareConfig:
         _require(self.shard_tokens > 0, f"prepare.shard_tokens={self.shard_tokens} must be > 0")
 
 
+# Levels each compressor accepts ("none" ignores the level).
+COMPRESSOR_LEVELS: dict[str, tuple[int, int]] = {"zlib": (0, 9), "zstd": (1, 22), "brotli": (0, 11), "lzma": (0, 9)}
+
+
 @dataclass(kw_only=True)
 class QuantConfig:
     """The baseline export: per-row int8 with a percentile clip, fp16 scales, small tensors kept in float."""
@@ -215,6 +245,9 @@ class QuantConfig:
     def validate(self) -> None:
         _require(0 < self.clip_percentile <= 100, f"quant.clip_percentile={self.clip_percentile} must be in (0, 100]")
         _require(self.keep_float_max_numel >= 0, f"quant.keep_float_max_numel={self.keep_float_max_numel} must be >= 0")
+        lo, hi = COMPRESSOR_LEVELS.get(self.compressor, (self.level, self.level))
+        _require(lo <= self.level <= hi, f"quant.level={self.level} is out of range for quant.compressor="
+                                         f"{self.compressor} ({lo}-{hi})")
 
 
 @dataclass(kw_only=True)
@@ -229,11 +262,14 @@ class EvalConfig:
     """Tokens per evaluation forward pass, summed over ranks."""
     max_tokens: int = 0
     """Evaluate only the first N validation tokens (for quick checks; 0 = all). Reported in the summary."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Compute dtype of evaluation forward passes; `auto` as train.dtype."""
 
     def validate(self) -> None:
         _require(self.seq_len >= 0, f"eval.seq_len={self.seq_len} must be >= 0")
         _require(self.stride >= 0, f"eval.stride={self.stride} must be >= 0")
-        _require(self.batch_tokens > 0, f"eval.batch_tokens={self.batch_tokens} must be > 0")
+        _require(0 < self.batch_tokens <= 1 << 24, f"eval.batch_tokens={self.batch_tokens} must be in 1..{1 << 24}")
+        _require(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0")
         if self.seq_len and self.stride:
             _require(self.stride <= self.seq_len, f"eval.stride={self.stride} must be <= eval.seq_len={self.seq_len}")
 
@@ -248,6 +284,11 @@ class BudgetConfig:
     """Training wall-clock budget (copied into train.max_wallclock_seconds by presets)."""
     eval_seconds: float = 600.0
     """Evaluation wall-clock budget; exceeding it is reported as a compliance failure."""
+
+    def validate(self) -> None:
+        _require(self.artifact_max_bytes > 0, f"budget.artifact_max_bytes={self.artifact_max_bytes} must be > 0")
+        _require(self.train_seconds > 0, f"budget.train_seconds={self.train_seconds} must be > 0")
+        _require(self.eval_seconds > 0, f"budget.eval_seconds={self.eval_seconds} must be > 0")
 
 
 @dataclass(kw_only=True)
@@ -268,8 +309,12 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def validate(self) -> "RunConfig":
-        for section in (self.model, self.optim, self.train, self.data, self.prepare, self.quant, self.eval):
-            section.validate()
+        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                 f"name={self.name!r} must be a plain folder name (no '/')")
+        _require(bool(self.out_dir), "out_dir must not be empty")
+        for key in SECTIONS:
+            _check_finite(getattr(self, key), key)
+            getattr(self, key).validate()
         _require(
             self.model.vocab_size == self.prepare.vocab_size,
             f"model.vocab_size={self.model.vocab_size} differs from prepare.vocab_size={self.prepare.vocab_size}; set both",
@@ -296,26 +341,23 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """Rebuild a ModelConfig from its dict (as stored in an artifact); unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(d) - known)
-    _require(not unknown, f"model config has unknown fields {unknown}; the artifact was written by a newer pgolf")
-    cfg = ModelConfig(**d)
+def model_config_from_dict(d: Any) -> ModelConfig:
+    """A ModelConfig from its stored dict: every field present and typed, then validated."""
+    from pgolf.flags import section_from_dict
+
+    cfg = section_from_dict(ModelConfig, d, "model_config")
     cfg.validate()
     return cfg
 
 
-def run_config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from its dict (as stored in an artifact); sections missing from the dict
-    keep their defaults, unknown fields are an error."""
-    sections = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig,
-                "prepare": PrepareConfig, "quant": QuantConfig, "eval": EvalConfig, "budget": BudgetConfig}
-    kwargs = {}
-    for key, cls in sections.items():
-        if key in d:
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(d[key]) - known)
-            _require(not unknown, f"run config section {key!r} has unknown fields {unknown}")
-            kwargs[key] = cls(**d[key])
-    return RunConfig(name=d.get("name", "run"), out_dir=d.get("out_dir", "runs"), **kwargs)
+def run_config_from_dict(d: Any) -> RunConfig:
+    """A RunConfig from its stored dict (see `pgolf.flags.run_config_from_dict`)."""
+    from pgolf.flags import run_config_from_dict as typed
+
+    return typed(d)
+
+
+# The sections of a RunConfig, by field name; flags are `--<section>.<field>`.
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig,
+                             "prepare": PrepareConfig, "quant": QuantConfig, "eval": EvalConfig,
+                             "budget": BudgetConfig}

@@ -5,6 +5,7 @@ Every reduction is a no-op at world size 1, so call sites never branch on `distr
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -44,6 +45,25 @@ def init(device: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively: always on CUDA; on a CPU only with AVX512-BF16 or AMX
+    (elsewhere they are emulated and far slower than float32)."""
+    if device.type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """Resolve a `dtype` setting ("auto", "bfloat16", "float32") to whether bf16 is used on `device`."""
+    return setting == "bfloat16" or (setting == "auto" and native_bf16(device))
 
 
 def is_active() -> bool:

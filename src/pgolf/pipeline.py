@@ -18,8 +18,8 @@ import torch
 from pgolf import dist
 from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
 from pgolf.config import RunConfig, config_to_dict
-from pgolf.dist import DistInfo
-from pgolf.model.gpt import CONTROL_TENSOR_PATTERNS
+from pgolf.dist import DistInfo, use_bf16
+from pgolf.model.roles import param_roles
 from pgolf.prepare import data_fingerprint, val_text_bytes
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
 from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
@@ -46,11 +46,16 @@ def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLo
     return run_dir, log
 
 
+def control_names(model: torch.nn.Module) -> list[str]:
+    """Names of the control tensors, which the baseline export keeps in fp32."""
+    return sorted(name for name, role in param_roles(model).items() if role == "control")
+
+
 def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
     """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
     save_raw_model(result.model, run_dir / "final_model.safetensors")
     art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
-                         run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS,
+                         run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(result.model),
                          extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
     log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
     return art
@@ -72,11 +77,11 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
                         cfg.eval.max_tokens)
 
     def periodic(model: torch.nn.Module, step: int) -> dict[str, float]:
-        r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, cfg.train.autocast_bf16)
+        r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, use_bf16(cfg.eval.dtype, info.device))
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
     result = train(cfg, info, log, eval_callback=periodic)
-    pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s")
 
     artifact_path = run_dir / ARTIFACT_NAME
@@ -86,7 +91,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     t0 = time.perf_counter()
     loaded = read_artifact(artifact_path)
     reloaded = build_model_from_artifact(loaded, info.device)
-    post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     eval_seconds = time.perf_counter() - t0
     art = loaded.info
     info_bytes = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,

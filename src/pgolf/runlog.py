@@ -21,6 +21,7 @@ import torch
 
 from pgolf import __version__
 from pgolf.config import RunConfig, config_hash, config_to_dict
+from pgolf.dist import native_bf16
 from pgolf.fileio import write_bytes_atomic
 
 
@@ -55,6 +56,7 @@ def hardware_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(torch.device("cpu")),
         "platform": platform.platform(),
     }
     if torch.cuda.is_available():

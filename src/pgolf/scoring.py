@@ -18,7 +18,7 @@ import torch
 from pgolf.artifact import LoadedArtifact, check_budget, read_artifact
 from pgolf.config import EvalConfig, RunConfig, model_config_from_dict
 from pgolf.data.shards import list_shards, load_tokens
-from pgolf.dist import DistInfo
+from pgolf.dist import DistInfo, use_bf16
 from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval
 from pgolf.model.gpt import GPT
 from pgolf.tokenizer import build_byte_luts, load_tokenizer
@@ -64,7 +64,7 @@ def eval_artifact(path: str, cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     model = build_model_from_artifact(loaded, info.device)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
     val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
-    r = run_eval(model, val, cfg.eval, seq_len, stride, info, cfg.train.autocast_bf16, progress=True)
+    r = run_eval(model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
            "eval_seconds": r.seconds, "total_bytes": total_bytes, "seq_len": seq_len, "stride": stride}
     if info.is_main:

@@ -26,7 +26,7 @@ from pgolf import dist
 from pgolf.config import RunConfig
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import list_shards
-from pgolf.dist import DistInfo
+from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
@@ -93,7 +93,7 @@ class Trainer:
         # DDP all-reduces gradients only on the last micro-batch of the step.
         sync = nullcontext() if is_last or self.info.world_size == 1 else self.wrapped.no_sync()
         with sync:
-            with autocast_context(self.info.device, self.cfg.train.autocast_bf16):
+            with autocast_context(self.info.device, use_bf16(self.cfg.train.dtype, self.info.device)):
                 loss = self.wrapped(x, y)
             (loss / self.accum).backward()
         return loss.detach()
@@ -141,16 +141,19 @@ def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
     return seconds
 
 
-def should_stop(train_seconds: float, budget_seconds: float) -> bool:
-    """Stop when any rank has spent the budget (max over ranks, so all ranks stop on the same step)."""
-    flag = torch.tensor([1.0 if budget_seconds > 0 and train_seconds >= budget_seconds else 0.0])
+def should_stop(train_seconds: float, budget_seconds: float, device: torch.device) -> bool:
+    """Stop when any rank has spent the budget (max over ranks, so all ranks stop on the same step).
+
+    The flag lives on the run's device: nccl reduces CUDA tensors only."""
+    flag = torch.tensor([1.0 if budget_seconds > 0 and train_seconds >= budget_seconds else 0.0], device=device)
     return bool(dist.all_reduce_max_(flag).item() > 0)
 
 
-def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None) -> TrainResult:
+def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None,
+          trainer: Trainer | None = None) -> TrainResult:
     """Train `cfg.model` on the shards in `cfg.data.dataset_dir` within `cfg.train`'s budget."""
     tc = cfg.train
-    trainer = Trainer(cfg, info)
+    trainer = trainer or Trainer(cfg, info)
     num_params = count_parameters(trainer.model)
     log.line(f"model {num_params:,} parameters | {cfg.model.num_layers}x{cfg.model.model_dim} | "
              f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
@@ -177,7 +180,7 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
             train_s += step_s
             step += 1
             _log_step(log, cfg, step, loss, mul, step_s, train_s)
-            if should_stop(train_s, tc.max_wallclock_seconds):
+            if should_stop(train_s, tc.max_wallclock_seconds, info.device):
                 stopped_by = "wallclock"
                 break
     except KeyboardInterrupt:

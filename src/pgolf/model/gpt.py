@@ -16,19 +16,7 @@ from torch import nn
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, check_backend
-from pgolf.model.layers import CastedLinear, rms_norm
-
-# Small tensors that gate the residual stream: Adam (not Muon) trains them and the export keeps them fp32.
-CONTROL_TENSOR_PATTERNS: tuple[str, ...] = (
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
-)
-
-
-def is_control_tensor(name: str) -> bool:
-    """Whether a parameter name matches a control-tensor pattern (substring match, as the baseline)."""
-    return any(pattern in name for pattern in CONTROL_TENSOR_PATTERNS)
-
+from pgolf.model.layers import CastedLinear, rms_norm, role_embedding
 
 def count_parameters(model: nn.Module) -> int:
     """Number of scalars in all parameters (trainable or not)."""
@@ -82,13 +70,13 @@ class GPT(nn.Module):
         check_backend(attn_backend)
         self.cfg = cfg
         self.attn_backend = attn_backend
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.tok_emb = role_embedding(cfg.vocab_size, cfg.model_dim, "embedding")
         self.num_encoder_layers = cfg.num_layers // 2
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList(Block(cfg, attn_backend) for _ in range(cfg.num_layers))
-        self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size)
+        self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, role="head")
         self._init_weights()
 
     def _init_weights(self) -> None:

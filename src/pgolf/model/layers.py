@@ -18,13 +18,24 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class CastedLinear(nn.Linear):
-    """Bias-free linear whose fp32 weight is cast to the input's dtype at the matmul."""
+    """Bias-free linear whose fp32 weight is cast to the input's dtype at the matmul.
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    `role` says what the weight is to the optimiser and the exporter (`pgolf.model.roles`): a block
+    "matrix" by default, "head" for an untied output head, "gate" for a small gate projection."""
+
+    def __init__(self, in_features: int, out_features: int, role: str = "matrix") -> None:
         super().__init__(in_features, out_features, bias=False)
+        self.role = role
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype))
+
+
+def role_embedding(num_embeddings: int, embedding_dim: int, role: str) -> nn.Embedding:
+    """An nn.Embedding tagged with its role: "embedding" for the token table, "table" for side tables."""
+    emb = nn.Embedding(num_embeddings, embedding_dim)
+    emb.role = role
+    return emb
 
 
 class Rotary(nn.Module):

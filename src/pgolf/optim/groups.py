@@ -1,8 +1,8 @@
-"""Which optimiser trains which parameter (the challenge baseline's split).
+"""Which optimiser trains which parameter (the challenge baseline's split), by role (`pgolf.model.roles`).
 
-- Adam: the token embedding (tied_embed_lr when tied, embed_lr otherwise);
-- Muon: 2-D matrices inside blocks that are not control tensors (matrix_lr);
-- Adam: vectors, scalars, control tensors and skip_weights (scalar_lr);
+- Adam: the token embedding (tied_embed_lr when tied, embed_lr otherwise) and side tables;
+- Muon: block matrices (matrix_lr);
+- Adam: control tensors and gates (scalar_lr);
 - Adam: the untied output head (head_lr), only when embeddings are untied.
 Every param group records `base_lr`, which the schedule scales each step. Each group also carries a
 `name` for logs.
@@ -16,16 +16,10 @@ import torch
 from torch import nn
 
 from pgolf.config import OptimConfig
-from pgolf.model.gpt import GPT, is_control_tensor
+from pgolf.dist import use_bf16
+from pgolf.model.gpt import GPT
+from pgolf.model.roles import params_by_role
 from pgolf.optim.muon import Muon
-
-
-def split_block_params(model: GPT) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(Muon matrices, Adam scalars/controls) among the blocks' parameters."""
-    matrices, scalars = [], []
-    for name, p in model.blocks.named_parameters():
-        (matrices if p.ndim == 2 and not is_control_tensor(name) else scalars).append(p)
-    return matrices, scalars
 
 
 def _adam(name: str, params: list[nn.Parameter], lr: float, cfg: OptimConfig, fused: bool) -> torch.optim.Adam:
@@ -36,21 +30,23 @@ def _adam(name: str, params: list[nn.Parameter], lr: float, cfg: OptimConfig, fu
 def build_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     """[Adam tok_emb, (Adam lm_head when untied,) Muon matrices, Adam scalars], in the baseline's order."""
     fused = model.tok_emb.weight.is_cuda
-    matrices, scalars = split_block_params(model)
-    scalars.append(model.skip_weights)
+    by_role = params_by_role(model)
+    matrices, scalars = by_role["matrix"], by_role["control"] + by_role["gate"]
     tied = model.lm_head is None
     token_lr = cfg.tied_embed_lr if tied else cfg.embed_lr
-    muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps)
+    ns_dtype = torch.bfloat16 if use_bf16(cfg.muon_dtype, model.tok_emb.weight.device) else torch.float32
+    muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
+                ns_dtype=ns_dtype)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
         group["name"] = "matrices"
     optimizers: list[torch.optim.Optimizer] = [
-        _adam("tok_emb", [model.tok_emb.weight], token_lr, cfg, fused),
+        _adam("tok_emb", by_role["embedding"] + by_role["table"], token_lr, cfg, fused),
         muon,
         _adam("scalars", scalars, cfg.scalar_lr, cfg, fused),
     ]
     if not tied:
-        optimizers.insert(1, _adam("lm_head", [model.lm_head.weight], cfg.head_lr, cfg, fused))
+        optimizers.insert(1, _adam("lm_head", by_role["head"], cfg.head_lr, cfg, fused))
     _assert_partition(model, optimizers)
     return optimizers
 

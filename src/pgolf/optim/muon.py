@@ -1,7 +1,7 @@
 """Muon: Newton-Schulz orthogonalised Nesterov momentum for 2-D weights (Keller Jordan, 2024).
 
 As in the challenge baseline (openai/parameter-golf `train_gpt.py`, from modded-nanogpt): the quintic
-iteration runs in bf16 and maps every singular value into roughly [0.5, 1.5] rather than exactly 1;
+iteration runs in bf16 (float32 where bf16 is not native) and maps every singular value into roughly [0.5, 1.5] rather than exactly 1;
 updates are scaled by sqrt(max(1, rows/cols)); there is no weight decay. The work is sharded across
 ranks (parameter i belongs to rank i % world_size) and summed into every rank through one all-reduce
 of a flat bf16 buffer; on one process the communication is skipped and the same code path runs.
@@ -21,11 +21,12 @@ from pgolf import dist
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def zeropower_newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate U V^T of a 2-D matrix G = U S V^T, in bf16, with `steps` quintic iterations."""
+def zeropower_newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                            dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximate U V^T of a 2-D matrix G = U S V^T, in `dtype`, with `steps` quintic iterations."""
     assert G.ndim == 2, f"Newton-Schulz needs a matrix, got shape {tuple(G.shape)}"
     a, b, c = NS_COEFFICIENTS
-    X = G.bfloat16()  # (R, C)
+    X = G.to(dtype)  # (R, C)
     X = X / (X.norm() + eps)  # Frobenius norm 1 bounds the spectral norm by 1
     transposed = G.size(0) > G.size(1)
     if transposed:
@@ -46,8 +47,8 @@ class Muon(torch.optim.Optimizer):
     """Momentum SGD whose 2-D update is orthogonalised by Newton-Schulz; `momentum` may change per step."""
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float, backend_steps: int,
-                 nesterov: bool = True) -> None:
-        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov)
+                 nesterov: bool = True, ns_dtype: torch.dtype = torch.bfloat16) -> None:
+        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov, ns_dtype=ns_dtype)
         super().__init__(params, defaults)
 
     def _update(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
@@ -62,7 +63,7 @@ class Muon(torch.optim.Optimizer):
             g = g.add(buf, alpha=group["momentum"])
         else:
             g = buf
-        update = zeropower_newton_schulz(g, steps=group["backend_steps"])
+        update = zeropower_newton_schulz(g, steps=group["backend_steps"], dtype=group["ns_dtype"])
         return update * muon_scale(p.shape)
 
     @torch.no_grad()
@@ -78,7 +79,7 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=group["ns_dtype"])
             offset = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
