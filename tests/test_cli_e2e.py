@@ -161,7 +161,7 @@ def test_over_budget_artifact_is_one_line(tiny_run: tuple[Path, subprocess.Compl
 def test_tokenizer_vocab_mismatch_is_one_line(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, _ = tiny_run
     line = one_line_error(pgolf("train", "--preset", "test-tiny", *tiny_flags(root), "--model.vocab_size", "1024",
-                                "--prepare.vocab_size", "1024", "--data.source", "fineweb", cwd=root))
+                                "--data.source", "fineweb", cwd=root))
     assert "vocab" in line
 
 

@@ -83,3 +83,17 @@ def test_cpu_presets_fit_the_byte_budget_with_random_weights(name: str, tmp_path
     info = write_artifact(tmp_path / "a.ptz", model.state_dict(), model_config=config_to_dict(cfg.model),
                           run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(model))
     assert info.total_bytes <= CPU_ARTIFACT_MAX_BYTES == cfg.budget.artifact_max_bytes
+
+
+@pytest.mark.parametrize("source,vocab,dataset,tokenizer", [
+    ("embedded", 1024, "data/datasets/embedded_sp1024", "data/tokenizers/embedded_1024_bpe.model"),
+    ("embedded", 4096, "data/datasets/embedded_sp4096", "data/tokenizers/embedded_4096_bpe.model"),
+    ("fineweb", 8192, "data/datasets/fineweb10B_sp8192", "data/tokenizers/fineweb_8192_bpe.model"),
+])
+def test_data_paths_follow_the_vocabulary(source: str, vocab: int, dataset: str, tokenizer: str) -> None:
+    from pgolf.flags import apply_overrides
+
+    cfg = apply_overrides(get_preset("cpu-baseline"), ["--data.source", source, "--model.vocab_size", str(vocab)])
+    assert (cfg.dataset_dir, cfg.tokenizer_path) == (dataset, tokenizer)
+    explicit = apply_overrides(cfg, ["--data.dataset_dir", "x", "--data.tokenizer_path", "y.model"])
+    assert (explicit.dataset_dir, explicit.tokenizer_path) == ("x", "y.model")

@@ -144,3 +144,10 @@ def test_missing_huggingface_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import raise ImportError
     with pytest.raises(UserError, match=r"pip install 'pgolf\[fineweb\]'"):
         download_fineweb(train_shards=1, root=tmp_path / "data", progress=False)
+
+
+def test_larger_vocabularies_default_to_the_mirror_records_used() -> None:
+    from pgolf.data.fineweb import DEFAULT_REPO_ID, default_repo_id
+
+    assert default_repo_id("sp1024") == DEFAULT_REPO_ID
+    assert default_repo_id("sp4096") == default_repo_id("sp8192") == "kevclark/parameter-golf"

@@ -92,7 +92,7 @@ def cmd_prepare(args: list[str]) -> int:
     if cfg.data.source != "embedded":
         raise UserError(f"data.source is {cfg.data.source!r}; `pgolf prepare` builds the embedded corpus — "
                         f"use `pgolf data fineweb` for the challenge data")
-    prepare(cfg.prepare, cfg.data)
+    prepare(cfg)
     return 0
 
 
@@ -106,16 +106,16 @@ def ensure_data(cfg: RunConfig, info: Any) -> None:
         if info.is_main:
             from pgolf.prepare import prepare
 
-            prepare(cfg.prepare, cfg.data)
+            prepare(cfg)
         dist.barrier()
     else:
         try:
-            list_shards(cfg.data.dataset_dir, "train")
+            list_shards(cfg.dataset_dir, "train")
         except UserError:
-            raise UserError(f"no FineWeb shards in {cfg.data.dataset_dir}; download them with "
+            raise UserError(f"no FineWeb shards in {cfg.dataset_dir}; download them with "
                             f"`pgolf data fineweb --variant sp{cfg.model.vocab_size} --train-shards 80`") from None
     # Shards carry no vocabulary of their own: the tokenizer must match the model's.
-    load_tokenizer(cfg.data.tokenizer_path, cfg.model.vocab_size)
+    load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
 
 
 def cmd_train(args: list[str]) -> int:
@@ -204,7 +204,8 @@ class FinewebArgs:
     root: str = "data"
     """Local data root; shards go to ROOT/datasets/fineweb10B_VARIANT."""
     repo_id: str | None = None
-    """Hugging Face dataset repo (default willdepueoai/parameter-golf or $MATCHED_FINEWEB_REPO_ID)."""
+    """Hugging Face dataset repo (default $MATCHED_FINEWEB_REPO_ID, else willdepueoai/parameter-golf for sp1024
+    and the kevclark/parameter-golf mirror for sp4096/sp8192)."""
     skip_manifest: bool = False
     """Do not fetch manifest.json (use the shard counts given)."""
     with_docs: bool = False

@@ -184,25 +184,36 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Where the prepared shards and the tokenizer live (challenge layout)."""
+    """Where the prepared shards and the tokenizer live (challenge layout); by default both follow
+    from data.source and model.vocab_size, so a preset names its vocabulary once."""
 
     source: Literal["embedded", "fineweb"] = "embedded"
     """`embedded`: `pgolf run` prepares the shipped corpus itself; `fineweb`: shards come from `pgolf data fineweb`."""
-    dataset_dir: str = "data/datasets/embedded_sp1024"
-    """Folder holding fineweb_train_*.bin and fineweb_val_*.bin."""
-    tokenizer_path: str = "data/tokenizers/embedded_1024_bpe.model"
-    """SentencePiece model file; its vocabulary must equal model.vocab_size."""
+    root: str = "data"
+    """Folder holding datasets/ and tokenizers/ (the challenge's `data/` layout)."""
+    dataset_dir: str = ""
+    """Folder of fineweb_{train,val}_*.bin; empty = ROOT/datasets/embedded_spV or fineweb10B_spV (V = model.vocab_size)."""
+    tokenizer_path: str = ""
+    """SentencePiece model; empty = ROOT/tokenizers/embedded_V_bpe.model or fineweb_V_bpe.model."""
 
     def validate(self) -> None:
-        _require(self.tokenizer_path.endswith(".model"), f"data.tokenizer_path={self.tokenizer_path!r} must be a SentencePiece .model file")
+        _require(not self.tokenizer_path or self.tokenizer_path.endswith(".model"),
+                 f"data.tokenizer_path={self.tokenizer_path!r} must be a SentencePiece .model file")
+        _require(bool(self.root), "data.root must not be empty")
+
+    def paths(self, vocab_size: int) -> tuple[str, str]:
+        """(dataset folder, tokenizer file) for a vocabulary: the explicit fields, else the layout's names."""
+        prefix = "embedded" if self.source == "embedded" else "fineweb"
+        folder = f"embedded_sp{vocab_size}" if self.source == "embedded" else f"fineweb10B_sp{vocab_size}"
+        dataset = self.dataset_dir or f"{self.root}/datasets/{folder}"
+        tokenizer = self.tokenizer_path or f"{self.root}/tokenizers/{prefix}_{vocab_size}_bpe.model"
+        return dataset, tokenizer
 
 
 @dataclass(kw_only=True)
 class PrepareConfig:
     """Embedded corpus -> tokenizer -> shards."""
 
-    vocab_size: int = 1024
-    """Vocabulary of the SentencePiece BPE tokenizer to train."""
     val_target_bytes: int = 800_000
     """Approximate validation size in UTF-8 bytes (about 300k tokens at vocab 1024); whole documents are
     drawn from every source in equal shares until it is reached."""
@@ -218,7 +229,6 @@ class PrepareConfig:
     """Rebuild even when prepared files with the same fingerprint exist."""
 
     def validate(self) -> None:
-        _require(self.vocab_size >= 260, f"prepare.vocab_size={self.vocab_size} must be >= 260 (256 byte-fallback pieces + 4 specials)")
         _require(self.val_target_bytes > 0, f"prepare.val_target_bytes={self.val_target_bytes} must be > 0")
         _require(self.shard_tokens > 0, f"prepare.shard_tokens={self.shard_tokens} must be > 0")
 
@@ -315,11 +325,20 @@ class RunConfig:
         for key in SECTIONS:
             _check_finite(getattr(self, key), key)
             getattr(self, key).validate()
-        _require(
-            self.model.vocab_size == self.prepare.vocab_size,
-            f"model.vocab_size={self.model.vocab_size} differs from prepare.vocab_size={self.prepare.vocab_size}; set both",
-        )
+        _require(self.data.source != "embedded" or self.model.vocab_size >= 260,
+                 f"model.vocab_size={self.model.vocab_size} is too small to prepare the embedded corpus: a tokenizer "
+                 f"needs >= 260 pieces (256 byte-fallback pieces + 4 specials)")
         return self
+
+    @property
+    def dataset_dir(self) -> str:
+        """The folder of this run's shards (see DataConfig.paths)."""
+        return self.data.paths(self.model.vocab_size)[0]
+
+    @property
+    def tokenizer_path(self) -> str:
+        """This run's tokenizer file (see DataConfig.paths)."""
+        return self.data.paths(self.model.vocab_size)[1]
 
     @property
     def eval_seq_len(self) -> int:

@@ -41,7 +41,7 @@ def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLo
     cfg.validate()
     run_dir = Path(cfg.out_dir) / cfg.name
     log = RunLogger(run_dir, is_main=info.is_main)
-    log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg.data),
+    log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),
                           command=command))
     return run_dir, log
 
@@ -73,7 +73,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
     run_dir, log = start_run(cfg, info, command)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
-    val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, cfg.model.vocab_size, seq_len,
+    val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, cfg.model.vocab_size, seq_len,
                         cfg.eval.max_tokens)
 
     def periodic(model: torch.nn.Module, step: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pgolf.config import DataConfig, PrepareConfig, config_hash
+from pgolf.config import PrepareConfig, RunConfig, config_hash
 from pgolf.data.corpus import SOURCES, corpus_fingerprint, load_documents, shuffle_documents, split_documents
 from pgolf.data.shards import count_tokens, list_shards, write_documents_as_shards
 from pgolf.runlog import write_json_atomic
@@ -36,27 +36,28 @@ class PrepareResult:
     reused: bool
 
 
-def prepare_key(cfg: PrepareConfig, sources: tuple[str, ...]) -> str:
+def prepare_key(cfg: PrepareConfig, vocab_size: int, sources: tuple[str, ...]) -> str:
     """Identity of a preparation: the corpus bytes and every setting that changes the output."""
     settings = {k: v for k, v in vars(cfg).items() if k != "force"}
+    settings["vocab_size"] = vocab_size
     settings["prepare_version"] = PREPARE_VERSION
     return f"{corpus_fingerprint(sources)[:16]}-{config_hash(settings)}"
 
 
-def _existing(data: DataConfig, key: str) -> dict[str, Any] | None:
+def _existing(dataset_dir: Path, tokenizer_path: Path, key: str) -> dict[str, Any] | None:
     """The manifest of an earlier identical preparation whose files are all still there."""
     import json
 
-    path = Path(data.dataset_dir) / MANIFEST_NAME
-    if not path.exists() or not Path(data.tokenizer_path).exists():
+    path = dataset_dir / MANIFEST_NAME
+    if not path.exists() or not tokenizer_path.exists():
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("key") != key or manifest.get("tokenizer_sha256") != file_sha256(data.tokenizer_path):
+    if manifest.get("key") != key or manifest.get("tokenizer_sha256") != file_sha256(tokenizer_path):
         return None
-    if not all((Path(data.dataset_dir) / name).exists() for name in manifest.get("shards", [])):
+    if not all((dataset_dir / name).exists() for name in manifest.get("shards", [])):
         return None
     return manifest
 
@@ -67,13 +68,14 @@ def _clear_old_shards(dataset_dir: Path) -> None:
         old.unlink()
 
 
-def prepare(cfg: PrepareConfig, data: DataConfig, *, sources: tuple[str, ...] = SOURCES,
-            log: Any = print) -> PrepareResult:
-    """Build tokenizer and shards from the embedded corpus (or reuse an identical earlier build)."""
-    cfg.validate()
-    dataset_dir, tok_path = Path(data.dataset_dir), Path(data.tokenizer_path)
-    key = prepare_key(cfg, sources)
-    if not cfg.force and (manifest := _existing(data, key)) is not None:
+def prepare(run: RunConfig, *, sources: tuple[str, ...] = SOURCES, log: Any = print) -> PrepareResult:
+    """Build the run's tokenizer (at model.vocab_size) and shards from the embedded corpus, or reuse an
+    identical earlier build."""
+    cfg, vocab_size = run.prepare, run.model.vocab_size
+    run.validate()
+    dataset_dir, tok_path = Path(run.dataset_dir), Path(run.tokenizer_path)
+    key = prepare_key(cfg, vocab_size, sources)
+    if not cfg.force and (manifest := _existing(dataset_dir, tok_path, key)) is not None:
         log(f"prepare: reusing {dataset_dir} (key {key})")
         return PrepareResult(dataset_dir, tok_path, manifest, reused=True)
 
@@ -85,9 +87,9 @@ def prepare(cfg: PrepareConfig, data: DataConfig, *, sources: tuple[str, ...] = 
     train_docs = shuffle_documents(train_docs, cfg.split_seed)  # every stretch of the stream mixes sources
     log(f"prepare: {len(docs):,} documents -> {len(train_docs):,} train / {len(val_docs):,} val")
 
-    train_tokenizer((d.text for d in train_docs), cfg.vocab_size, tok_path, max_text_bytes=cfg.tokenizer_train_bytes)
-    sp = load_tokenizer(tok_path, cfg.vocab_size)
-    log(f"prepare: tokenizer {tok_path} (vocab {cfg.vocab_size}) in {time.perf_counter() - t0:.1f} s")
+    train_tokenizer((d.text for d in train_docs), vocab_size, tok_path, max_text_bytes=cfg.tokenizer_train_bytes)
+    sp = load_tokenizer(tok_path, vocab_size)
+    log(f"prepare: tokenizer {tok_path} (vocab {vocab_size}) in {time.perf_counter() - t0:.1f} s")
 
     dataset_dir.mkdir(parents=True, exist_ok=True)
     _clear_old_shards(dataset_dir)
@@ -107,7 +109,7 @@ def prepare(cfg: PrepareConfig, data: DataConfig, *, sources: tuple[str, ...] = 
         "sources": list(sources),
         "corpus_sha256": corpus_fingerprint(sources),
         "tokenizer_sha256": file_sha256(tok_path),
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": vocab_size,
         "shards": sorted(p.name for p in shard_paths),
         "counts": counts,
         "val_doc_ids": [d.doc_id for d in val_docs],
@@ -130,13 +132,13 @@ def _first_per_source(docs: list[Any], limit: int) -> list[Any]:
     return kept
 
 
-def data_fingerprint(data: DataConfig) -> dict[str, Any]:
+def data_fingerprint(run: RunConfig) -> dict[str, Any]:
     """What the run header records about its data: tokenizer hash, shard counts, token counts."""
-    train = list_shards(data.dataset_dir, "train")
-    val = list_shards(data.dataset_dir, "val")
+    train = list_shards(run.dataset_dir, "train")
+    val = list_shards(run.dataset_dir, "val")
     return {
-        "dataset_dir": str(data.dataset_dir),
-        "tokenizer_sha256": file_sha256(data.tokenizer_path)[:16],
+        "dataset_dir": str(run.dataset_dir),
+        "tokenizer_sha256": file_sha256(run.tokenizer_path)[:16],
         "train_shards": len(train),
         "val_shards": len(val),
         "train_tokens": count_tokens(train),

@@ -24,8 +24,7 @@ def baseline_8xh100() -> RunConfig:
     """The challenge baseline, exactly: every default of config.py is the baseline's value."""
     return RunConfig(
         name="baseline-8xh100",
-        data=DataConfig(source="fineweb", dataset_dir="data/datasets/fineweb10B_sp1024",
-                        tokenizer_path="data/tokenizers/fineweb_1024_bpe.model"),
+        data=DataConfig(source="fineweb"),
         train=TrainConfig(compile=True),
         budget=BudgetConfig(artifact_max_bytes=16_000_000, train_seconds=600.0, eval_seconds=600.0),
     ).validate()
@@ -33,7 +32,7 @@ def baseline_8xh100() -> RunConfig:
 
 def _cpu_prepare() -> PrepareConfig:
     # Shared by every CPU preset so they all reuse one preparation of the embedded corpus.
-    return PrepareConfig(vocab_size=1024, val_target_bytes=800_000, tokenizer_train_bytes=12_000_000)
+    return PrepareConfig(val_target_bytes=800_000, tokenizer_train_bytes=12_000_000)
 
 
 def _cpu_optim() -> OptimConfig:
@@ -85,9 +84,8 @@ def tiny() -> RunConfig:
         train=TrainConfig(train_batch_tokens=2_048, train_seq_len=64, grad_accum_steps=2, iterations=8,
                           warmdown_iters=4, warmup_steps=1, max_wallclock_seconds=60.0, val_loss_every=4,
                           train_log_every=2),
-        data=DataConfig(dataset_dir="data/tiny/datasets/embedded_sp512",
-                        tokenizer_path="data/tiny/tokenizers/embedded_512_bpe.model"),
-        prepare=PrepareConfig(vocab_size=512, val_target_bytes=60_000, tokenizer_train_bytes=2_000_000,
+        data=DataConfig(root="data/tiny"),
+        prepare=PrepareConfig(val_target_bytes=60_000, tokenizer_train_bytes=2_000_000,
                               max_docs_per_source=60),
         quant=QuantConfig(keep_float_max_numel=1_024),
         eval=EvalConfig(batch_tokens=8_192, max_tokens=20_000),

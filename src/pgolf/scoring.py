@@ -63,7 +63,7 @@ def eval_artifact(path: str, cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     total_bytes = loaded.info.total_bytes
     model = build_model_from_artifact(loaded, info.device)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
-    val = load_val_data(cfg.data.dataset_dir, cfg.data.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
+    val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
     r = run_eval(model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
            "eval_seconds": r.seconds, "total_bytes": total_bytes, "seq_len": seq_len, "stride": stride}

@@ -75,7 +75,7 @@ class Trainer:
         self.model = GPT(cfg.model).to(info.device)
         self.accum = local_accum_steps(cfg.train.grad_accum_steps, info.world_size)
         self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
-        paths = list_shards(cfg.data.dataset_dir, "train")
+        paths = list_shards(cfg.dataset_dir, "train")
         data_seed = cfg.train.seed if cfg.train.data_order == "seeded" else None
         self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=data_seed)
         self.optimizers = build_optimizers(self.model, cfg.optim)
@@ -151,7 +151,7 @@ def should_stop(train_seconds: float, budget_seconds: float, device: torch.devic
 
 def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None,
           trainer: Trainer | None = None) -> TrainResult:
-    """Train `cfg.model` on the shards in `cfg.data.dataset_dir` within `cfg.train`'s budget."""
+    """Train `cfg.model` on the shards in `cfg.dataset_dir` within `cfg.train`'s budget."""
     tc = cfg.train
     trainer = trainer or Trainer(cfg, info)
     num_params = count_parameters(trainer.model)

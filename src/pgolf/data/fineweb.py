@@ -9,8 +9,9 @@ land in the challenge's local layout, so the challenge's own commands find them 
     ROOT/datasets/fineweb10B_sp1024/fineweb_{val,train}_{i:06d}.bin
     ROOT/tokenizers/fineweb_1024_bpe.{model,vocab}
 
-Only `fineweb10B_sp1024` is on the official repo; mirrors with other variants are reached through
-`repo_id` / `$MATCHED_FINEWEB_REPO_ID` and `$MATCHED_FINEWEB_REMOTE_ROOT_PREFIX`. Files already in
+Only `fineweb10B_sp1024` is on the official repo; sp4096 and sp8192 default to the mirror the later
+records used (kevclark/parameter-golf), and any mirror is reached through `repo_id` /
+`$MATCHED_FINEWEB_REPO_ID` and `$MATCHED_FINEWEB_REMOTE_ROOT_PREFIX`. Files already in
 place are kept (shards only if their header and size check out); new ones are hard-linked (or
 copied) from the Hub cache under a temporary name and renamed, so an interrupted download never
 leaves a half file under a shard's name. `huggingface_hub` is imported only when needed.
@@ -32,6 +33,8 @@ from pgolf.data.shards import read_shard_header, shard_name
 from pgolf.errors import UserError
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
+# The official repo holds only sp1024; later records fetch the larger vocabularies from this mirror.
+VARIANT_MIRRORS = {"sp4096": "kevclark/parameter-golf", "sp8192": "kevclark/parameter-golf"}
 DEFAULT_REMOTE_PREFIX = "datasets"
 REPO_TYPE = "dataset"
 REPO_ID_ENV = "MATCHED_FINEWEB_REPO_ID"
@@ -50,6 +53,11 @@ def dataset_dir_for_variant(variant: str) -> str:
         raise UserError(f"--variant {variant!r} is not a challenge variant; expected sp<VOCAB_SIZE> "
                         f"(e.g. sp1024) or byte260")
     return f"fineweb10B_{variant}"
+
+
+def default_repo_id(variant: str) -> str:
+    """Where a variant lives when no repo is named: the official repo, or the mirror records used."""
+    return VARIANT_MIRRORS.get(variant, DEFAULT_REPO_ID)
 
 
 def _remote(prefix: str, *parts: str) -> str:
@@ -226,7 +234,7 @@ def download_fineweb(variant: str = "sp1024", train_shards: int = 80, root: str 
     otherwise. `hub_download` replaces `huggingface_hub.hf_hub_download` (tests, other transports).
     """
     dataset_dir_for_variant(variant)  # reject a malformed variant before any network access
-    repo_id = repo_id or os.environ.get(REPO_ID_ENV) or DEFAULT_REPO_ID
+    repo_id = repo_id or os.environ.get(REPO_ID_ENV) or default_repo_id(variant)
     prefix = remote_prefix if remote_prefix is not None else os.environ.get(REMOTE_PREFIX_ENV, DEFAULT_REMOTE_PREFIX)
     fetch = hub_download or _hf_hub_download
     root = Path(root)
