@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.tokenizer import train_tokenizer
+from pgolf.data.spm_train import train_tokenizer
 
 TINY_VOCAB = 384
 

@@ -30,7 +30,7 @@ def tiny_flags(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("e2e")
-    proc = pgolf("run", "--preset", "test-tiny", *tiny_flags(root), cwd=root)
+    proc = pgolf("run", "--preset", "test-tiny", "--run_id", "test-tiny", *tiny_flags(root), cwd=root)
     return root, proc
 
 
@@ -195,7 +195,7 @@ def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, sub
     root, _ = tiny_run
     metrics = root / "runs/interrupted/metrics.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "pgolf", "run", "--preset", "test-tiny", *tiny_flags(root),
-                             "--name", "interrupted", "--train.iterations", "1000000",
+                             "--run_id", "interrupted", "--train.iterations", "1000000",
                              "--train.max_wallclock_seconds", "0", "--train.val_loss_every", "0"],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -207,3 +207,18 @@ def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, sub
     s = json.loads((root / "runs/interrupted/summary.json").read_text())
     assert s["stopped_by"] == "interrupted" and 1 <= s["steps"] < 1_000_000
     assert (root / "runs/interrupted/final_model.int8.ptz").exists() and math.isfinite(s["val_bpb"])
+
+
+def test_runs_get_their_own_folders_and_never_reuse_one(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = tiny_run
+    flags = ["--preset", "test-tiny", *tiny_flags(root), "--train.iterations", "1", "--train.warmup_steps", "0",
+             "--train.val_loss_every", "0"]
+    first, second = pgolf("train", *flags, cwd=root), pgolf("train", *flags, cwd=root)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr[-2000:], second.stderr[-2000:])
+    made = sorted(p.name for p in (root / "runs").iterdir() if p.name.startswith("test-tiny-"))
+    assert len(made) == 2 and made[0] != made[1]
+    for run_id in made:
+        header = json.loads((root / "runs" / run_id / "header.json").read_text())
+        assert header["run_id"] == run_id
+    line = one_line_error(pgolf("train", *flags, "--run_id", made[0], cwd=root))
+    assert made[0] in line and "already holds a run" in line

@@ -16,7 +16,7 @@ FLAGS = ["--preset", "test-tiny", "--train.iterations", "4", "--train.warmup_ste
 
 
 def train(root: Path, name: str, nproc: int) -> list[float]:
-    flags = FLAGS + ["--name", name, "--out_dir", str(root / "runs"),
+    flags = FLAGS + ["--run_id", name, "--out_dir", str(root / "runs"),
                      "--data.dataset_dir", str(root / "data/datasets/embedded_sp512"),
                      "--data.tokenizer_path", str(root / "data/tokenizers/embedded_512_bpe.model")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

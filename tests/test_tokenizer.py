@@ -15,19 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf.errors import UserError
+from pgolf.data.spm_train import MAX_SENTENCE_BYTES, split_long_lines, train_tokenizer, trainer_settings
 from pgolf.tokenizer import (
     BOS_ID,
     EOS_ID,
-    MAX_SENTENCE_BYTES,
     PAD_ID,
     UNK_ID,
     build_byte_luts,
     encode_documents,
     file_sha256,
     load_tokenizer,
-    split_long_lines,
-    train_tokenizer,
-    trainer_settings,
 )
 
 BPE = 2  # TrainerSpec.ModelType.BPE

@@ -96,28 +96,6 @@ def cmd_prepare(args: list[str]) -> int:
     return 0
 
 
-def ensure_data(cfg: RunConfig, info: Any) -> None:
-    """Prepare the embedded corpus on rank 0 (others wait) or check that FineWeb shards exist."""
-    from pgolf import dist
-    from pgolf.data.shards import list_shards
-    from pgolf.tokenizer import load_tokenizer
-
-    if cfg.data.source == "embedded":
-        if info.is_main:
-            from pgolf.prepare import prepare
-
-            prepare(cfg)
-        dist.barrier()
-    else:
-        try:
-            list_shards(cfg.dataset_dir, "train")
-        except UserError:
-            raise UserError(f"no FineWeb shards in {cfg.dataset_dir}; download them with "
-                            f"`pgolf data fineweb --variant sp{cfg.model.vocab_size} --train-shards 80`") from None
-    # Shards carry no vocabulary of their own: the tokenizer must match the model's.
-    load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
-
-
 def cmd_train(args: list[str]) -> int:
     """Train a preset (with overrides) and export its artifact; no final evaluation."""
     from pgolf import dist
@@ -126,9 +104,12 @@ def cmd_train(args: list[str]) -> int:
     cfg = config_from_args(args, "pgolf train")
     if cfg is None:
         return 0
+    from pgolf.main import ensure_data
+    from pgolf.prepare import prepare
+
     info = _init_dist()
     try:
-        ensure_data(cfg, info)
+        ensure_data(cfg, info, prepare)
         train_and_export(cfg, info, command="pgolf train " + shlex.join(args))
     finally:
         dist.shutdown()
@@ -175,22 +156,13 @@ def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:
 
 def cmd_run(args: list[str]) -> int:
     """Every stage for a preset: prepare (embedded data), train, export, roundtrip, evaluate, summary."""
-    from pgolf import dist
-    from pgolf.pipeline import run
+    from pgolf.main import execute
+    from pgolf.prepare import prepare
 
     cfg = config_from_args(args, "pgolf run", require_preset=True)
     if cfg is None:
         return 0
-    info = _init_dist()
-    try:
-        ensure_data(cfg, info)
-        summary = run(cfg, info, command="pgolf run " + shlex.join(args))
-    finally:
-        dist.shutdown()
-    if not summary["within_byte_budget"]:
-        raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
-                        f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
-    return 0
+    return execute(cfg, "pgolf run " + shlex.join(args), prepare=prepare)
 
 
 @dataclass

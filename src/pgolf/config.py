@@ -306,9 +306,11 @@ class RunConfig:
     """A whole run: prepare -> train -> quantize/pack -> reload -> evaluate."""
 
     name: str = "run"
-    """Run name; outputs go to out_dir/name."""
+    """Name of the experiment (the preset's name by default); new run ids start with it."""
     out_dir: str = "runs"
-    """Parent folder of run directories."""
+    """Parent folder of run folders."""
+    run_id: str = ""
+    """This run's folder under out_dir (the challenge's RUN_ID); empty = NAME-DATE-TIME-RANDOM, unique per run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -322,6 +324,8 @@ class RunConfig:
         _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                  f"name={self.name!r} must be a plain folder name (no '/')")
         _require(bool(self.out_dir), "out_dir must not be empty")
+        _require(self.run_id == "" or ("/" not in self.run_id and self.run_id not in (".", "..")),
+                 f"run_id={self.run_id!r} must be a plain folder name (no '/')")
         for key in SECTIONS:
             _check_finite(getattr(self, key), key)
             getattr(self, key).validate()

@@ -99,6 +99,18 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     return t
 
 
+def broadcast_text(text: str, device: torch.device, max_bytes: int = 255) -> str:
+    """Rank 0's string on every rank (no-op on one process); at most `max_bytes` of UTF-8."""
+    if not is_active():
+        return text
+    buf = torch.zeros(max_bytes + 1, dtype=torch.uint8, device=device)
+    raw = text.encode("utf-8")[:max_bytes]
+    buf[0] = len(raw)
+    buf[1:1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8, device=device)
+    dist.broadcast(buf, src=0)
+    return bytes(buf[1:1 + int(buf[0])].tolist()).decode("utf-8")
+
+
 def barrier() -> None:
     if is_active():
         dist.barrier()

@@ -7,42 +7,55 @@ periodic evaluation is a closure over them that returns numbers.
 
 from __future__ import annotations
 
-import lzma
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-import brotli
 import torch
 
 from pgolf import dist
 from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo, use_bf16
+from pgolf.errors import UserError
 from pgolf.model.roles import param_roles
-from pgolf.prepare import data_fingerprint, val_text_bytes
-from pgolf.runlog import RunLogger, run_header, write_json_atomic
+from pgolf.reference import reference_compression_bpb, val_text_bytes
+from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
 from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
 from pgolf.train import TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
+# Files whose presence marks a folder as holding a run.
+RUN_FILES = frozenset({"header.json", "log.txt", "metrics.jsonl", "summary.json", ARTIFACT_NAME,
+                       "final_model.safetensors"})
 
 
-def reference_compression_bpb(text: bytes) -> dict[str, float]:
-    """Bits per byte that general-purpose compressors reach on the same validation text."""
-    return {
-        "xz": 8.0 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / max(len(text), 1),
-        "brotli": 8.0 * len(brotli.compress(text, quality=11)) / max(len(text), 1),
-    }
+def new_run_id(name: str) -> str:
+    """A fresh run id: the experiment name, the local date and time, and 6 random hex digits."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def run_folder(cfg: RunConfig, info: DistInfo) -> Path:
+    """This run's own folder: out_dir/run_id, the id drawn on rank 0 when none is given. A folder that
+    already holds a run is refused, so a run never writes beside another run's files."""
+    run_id = cfg.run_id or dist.broadcast_text(new_run_id(cfg.name) if info.is_main else "", info.device)
+    run_dir = Path(cfg.out_dir) / run_id
+    taken = run_dir.is_dir() and any(p.name in RUN_FILES for p in run_dir.iterdir())
+    dist.barrier()
+    if taken:
+        raise UserError(f"run folder {run_dir} already holds a run; choose another --run_id (or leave it empty for "
+                        f"a fresh one) or remove that folder")
+    return run_dir
 
 
 def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLogger]:
     """The run folder and its logger, with the self-describing header already written."""
     cfg.validate()
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = run_folder(cfg, info)
     log = RunLogger(run_dir, is_main=info.is_main)
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),
-                          command=command))
+                          command=command, run_id=run_dir.name))
     return run_dir, log
 
 

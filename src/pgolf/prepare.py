@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pgolf.config import PrepareConfig, RunConfig, config_hash
 from pgolf.data.corpus import SOURCES, corpus_fingerprint, load_documents, shuffle_documents, split_documents
-from pgolf.data.shards import count_tokens, list_shards, write_documents_as_shards
+from pgolf.data.shards import write_documents_as_shards
+from pgolf.data.spm_train import train_tokenizer
 from pgolf.runlog import write_json_atomic
-from pgolf.tokenizer import BOS_ID, encode_documents, file_sha256, load_tokenizer, train_tokenizer
+from pgolf.tokenizer import BOS_ID, encode_documents, file_sha256, load_tokenizer
 
 MANIFEST_NAME = "prepare.json"
 PREPARE_VERSION = 2
@@ -130,25 +129,3 @@ def _first_per_source(docs: list[Any], limit: int) -> list[Any]:
         if seen[d.source] <= limit:
             kept.append(d)
     return kept
-
-
-def data_fingerprint(run: RunConfig) -> dict[str, Any]:
-    """What the run header records about its data: tokenizer hash, shard counts, token counts."""
-    train = list_shards(run.dataset_dir, "train")
-    val = list_shards(run.dataset_dir, "val")
-    return {
-        "dataset_dir": str(run.dataset_dir),
-        "tokenizer_sha256": file_sha256(run.tokenizer_path)[:16],
-        "train_shards": len(train),
-        "val_shards": len(val),
-        "train_tokens": count_tokens(train),
-        "val_tokens": count_tokens(val),
-    }
-
-
-def val_text_bytes(tokens: np.ndarray, sp: Any) -> bytes:
-    """The validation text as the metric counts it: each BOS-delimited document decoded, UTF-8."""
-    starts = np.flatnonzero(tokens == BOS_ID)
-    bounds = list(starts) + [len(tokens)]
-    parts = [sp.decode(tokens[a + 1:b].astype(np.int64).tolist()) for a, b in zip(bounds[:-1], bounds[1:])]
-    return "\n".join(parts).encode("utf-8")

@@ -22,7 +22,9 @@ import torch
 from pgolf import __version__
 from pgolf.config import RunConfig, config_hash, config_to_dict
 from pgolf.dist import native_bf16
+from pgolf.data.shards import count_tokens, list_shards
 from pgolf.fileio import write_bytes_atomic
+from pgolf.tokenizer import file_sha256
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -78,9 +80,11 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_header(cfg: RunConfig, *, world_size: int, data_fingerprint: dict[str, Any], command: str) -> dict[str, Any]:
+def run_header(cfg: RunConfig, *, world_size: int, data_fingerprint: dict[str, Any], command: str,
+               run_id: str = "") -> dict[str, Any]:
     """Everything needed to know what a run was: config and hash, versions, hardware, commit, seed, data."""
     return {
+        "run_id": run_id,
         "command": command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_hash": config_hash(cfg),
@@ -91,6 +95,20 @@ def run_header(cfg: RunConfig, *, world_size: int, data_fingerprint: dict[str, A
         "hardware": hardware_info(),
         "data": data_fingerprint,
         "config": config_to_dict(cfg),
+    }
+
+
+def data_fingerprint(run: RunConfig) -> dict[str, Any]:
+    """What the run header records about its data: tokenizer hash, shard counts, token counts."""
+    train = list_shards(run.dataset_dir, "train")
+    val = list_shards(run.dataset_dir, "val")
+    return {
+        "dataset_dir": str(run.dataset_dir),
+        "tokenizer_sha256": file_sha256(run.tokenizer_path)[:16],
+        "train_shards": len(train),
+        "val_shards": len(val),
+        "train_tokens": count_tokens(train),
+        "val_tokens": count_tokens(val),
     }
 
 

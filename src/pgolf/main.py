@@ -1,0 +1,106 @@
+"""Running a whole training run from a resolved config: the body of `pgolf run` and of a shipped
+single-file `train_gpt.py` (see `pgolf.bundle`), which carries its preset baked in.
+
+A bundle reads, in this order, its baked config, the challenge baseline's environment variables
+(DATA_PATH, SEED, NUM_LAYERS, ... as openai/parameter-golf `train_gpt.py::Hyperparameters` names
+them) and `--section.field VALUE` flags, so it is a drop-in replacement for the challenge's script:
+`torchrun --standalone --nproc_per_node=8 train_gpt.py` inside a records folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+
+from pgolf import dist
+from pgolf.config import ConfigError, RunConfig, run_config_from_dict
+from pgolf.errors import UserError
+from pgolf.flags import apply_overrides, flag_names, parse_text
+
+# The challenge baseline's environment variables and the fields they set.
+ENV_FLAGS: dict[str, str] = {
+    "DATA_PATH": "data.dataset_dir", "TOKENIZER_PATH": "data.tokenizer_path", "RUN_ID": "run_id",
+    "SEED": "train.seed", "VAL_BATCH_SIZE": "eval.batch_tokens", "VAL_LOSS_EVERY": "train.val_loss_every",
+    "TRAIN_LOG_EVERY": "train.train_log_every", "ITERATIONS": "train.iterations",
+    "WARMDOWN_ITERS": "train.warmdown_iters", "WARMUP_STEPS": "train.warmup_steps",
+    "TRAIN_BATCH_TOKENS": "train.train_batch_tokens", "TRAIN_SEQ_LEN": "train.train_seq_len",
+    "MAX_WALLCLOCK_SECONDS": "train.max_wallclock_seconds", "QK_GAIN_INIT": "model.qk_gain_init",
+    "VOCAB_SIZE": "model.vocab_size", "NUM_LAYERS": "model.num_layers", "NUM_KV_HEADS": "model.num_kv_heads",
+    "MODEL_DIM": "model.model_dim", "NUM_HEADS": "model.num_heads", "MLP_MULT": "model.mlp_mult",
+    "TIE_EMBEDDINGS": "model.tie_embeddings", "ROPE_BASE": "model.rope_base", "LOGIT_SOFTCAP": "model.logit_softcap",
+    "EMBED_LR": "optim.embed_lr", "HEAD_LR": "optim.head_lr", "TIED_EMBED_LR": "optim.tied_embed_lr",
+    "TIED_EMBED_INIT_STD": "model.tied_embed_init_std", "MATRIX_LR": "optim.matrix_lr",
+    "SCALAR_LR": "optim.scalar_lr", "MUON_MOMENTUM": "optim.muon_momentum",
+    "MUON_BACKEND_STEPS": "optim.muon_backend_steps", "MUON_MOMENTUM_WARMUP_START": "optim.muon_momentum_warmup_start",
+    "MUON_MOMENTUM_WARMUP_STEPS": "optim.muon_momentum_warmup_steps", "BETA1": "optim.beta1", "BETA2": "optim.beta2",
+    "ADAM_EPS": "optim.adam_eps", "GRAD_CLIP_NORM": "optim.grad_clip_norm",
+}
+
+
+def apply_env(cfg: RunConfig, environ: Mapping[str, str]) -> RunConfig:
+    """The baseline's environment variables set on top of `cfg` (a bad value names the variable)."""
+    table = flag_names(cfg)
+    args: list[str] = []
+    for var, field in ENV_FLAGS.items():
+        if var in environ:
+            flag = "--" + field
+            try:
+                parse_text(environ[var], table[flag][2], var)
+            except ConfigError as exc:
+                raise ConfigError(f"environment variable {exc}") from None
+            args += [flag, environ[var]]
+    return apply_overrides(cfg, args)
+
+
+def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfig], object] | None) -> None:
+    """Prepare the embedded corpus on rank 0 when a preparer is given (others wait), else check the
+    shards are there; then check the tokenizer matches the model's vocabulary."""
+    from pgolf.data.shards import list_shards
+    from pgolf.tokenizer import load_tokenizer
+
+    if cfg.data.source == "embedded" and prepare is not None:
+        if info.is_main:
+            prepare(cfg)
+        dist.barrier()
+    try:
+        list_shards(cfg.dataset_dir, "train")
+    except UserError:
+        how = (f"`pgolf data fineweb --variant sp{cfg.model.vocab_size} --train-shards 80`" if cfg.data.source == "fineweb"
+               else f"`pgolf prepare --model.vocab_size {cfg.model.vocab_size}`")
+        raise UserError(f"no training shards in {cfg.dataset_dir}; create them with {how} "
+                        f"or point DATA_PATH / --data.dataset_dir at them") from None
+    load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
+
+
+def execute(cfg: RunConfig, command: str, prepare: Callable[[RunConfig], object] | None = None) -> int:
+    """Train, export, reload and score `cfg` in this process (one rank of torchrun, or alone)."""
+    from pgolf.pipeline import run
+
+    info = dist.init()
+    try:
+        ensure_data(cfg, info, prepare)
+        summary = run(cfg, info, command=command)
+    finally:
+        dist.shutdown()
+    if not summary["within_byte_budget"]:
+        raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
+                        f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
+    return 0
+
+
+def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of a shipped `train_gpt.py`: baked config, then environment, then flags."""
+    prog = os.path.basename(sys.argv[0]) or "train_gpt.py"
+    try:
+        if any(a in ("-h", "--help") for a in argv):
+            print(f"usage: {prog} [--section.field VALUE ...]; environment variables: {', '.join(ENV_FLAGS)}")
+            return 0
+        cfg = run_config_from_dict(json.loads(baked))
+        cfg = apply_overrides(apply_env(cfg, os.environ if environ is None else environ), argv)
+        return execute(cfg, f"{prog} {shlex.join(argv)}".strip())
+    except (UserError, ConfigError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
