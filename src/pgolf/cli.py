@@ -4,11 +4,12 @@
     pgolf train    [--preset P] [overrides]              train and export the artifact (no final eval)
     pgolf eval ARTIFACT [--data.* --eval.*]              score an artifact (roundtrip from disk)
     pgolf run      --preset P [overrides]                every stage, then a summary
+    pgolf bundle   --preset P [-o train_gpt.py]          the single-file script whose size is the counted code
     pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
     pgolf presets                                        list presets
 
-Flags are `--section.field VALUE` (e.g. `--model.num_layers 11`), parsed by tyro from the dataclasses
-in `config.py`. User mistakes exit with code 2 and one line naming the problem and the fix.
+Flags are `--section.field VALUE` (e.g. `--model.num_layers 11`), typed by the dataclasses in
+`config.py` (`pgolf.flags`); `pgolf VERB --help` lists them with their defaults. User mistakes exit with code 2 and one line naming the problem and the fix.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pgolf.errors import UserError
 from pgolf.presets import PRESETS, get_preset
 
 DEFAULT_PRESET = "cpu-demo"
-USAGE = "usage: pgolf {" + ",".join(("prepare", "train", "eval", "run", "data", "presets")) + "} [--preset NAME] [--section.field VALUE ...]"
+USAGE = "usage: pgolf {prepare,train,eval,run,bundle,data,presets} [--preset NAME] [--section.field VALUE ...]"
 
 
 def wants_help(args: list[str]) -> bool:
@@ -233,6 +234,27 @@ def _plain(tp: Any) -> Any:
     return args[0] if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) and args else tp
 
 
+def cmd_bundle(args: list[str]) -> int:
+    """Write the single-file train_gpt.py of a preset (with overrides baked in); its size is the counted code."""
+    from pgolf.bundle import bundle_modules, write_bundle
+
+    out, rest = "train_gpt.py", []
+    i = 0
+    while i < len(args):
+        if args[i] in ("-o", "--out") and i + 1 < len(args):
+            out, i = args[i + 1], i + 2
+            continue
+        rest.append(args[i])
+        i += 1
+    cfg = config_from_args(rest, "pgolf bundle [-o train_gpt.py]", require_preset=True)
+    if cfg is None:
+        return 0
+    size = write_bundle(cfg, out)
+    print(f"{out}: {size:,} bytes (counted code), {len(bundle_modules(cfg))} modules, preset {cfg.name} baked in; "
+          f"run it as `python {Path(out).name}` or `torchrun --standalone --nproc_per_node=N {Path(out).name}`")
+    return 0
+
+
 def cmd_presets(args: list[str]) -> int:
     """List the presets with their model size and budget."""
     for name, fn in PRESETS.items():
@@ -242,8 +264,8 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "data": cmd_data,
-            "presets": cmd_presets}
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "bundle": cmd_bundle,
+            "data": cmd_data, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,206 @@
+"""The file that ships: one self-contained `train_gpt.py` for a run config, whose size is the counted code.
+
+The challenge counts the bytes of the submitted script; records ship it as a small self-extracting
+wrapper around compressed source (openai/parameter-golf records from 2026-04-05 on). A bundle holds
+exactly the pgolf modules a run of its config imports to train, export, reload and score
+(`bundle_modules`): the static closure of `pgolf.main` plus the feature modules the config switches
+on (`FEATURE_MODULES`). Each module is stripped by an AST round-trip (docstrings, comments, function
+annotations go; class-level field annotations stay, dataclasses need them), the set is compressed
+with raw LZMA2 or brotli (whichever is smaller) and base85-encoded inside a loader of a few lines
+that imports the modules from memory and calls `pgolf.main.bundle_main` with the baked config.
+Building is deterministic: the same sources and config give the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import lzma
+from collections.abc import Callable
+from pathlib import Path
+
+import brotli
+
+import pgolf
+from pgolf.config import RunConfig, config_to_dict
+from pgolf.fileio import write_bytes_atomic
+
+ENTRY = "pgolf.main"
+# Per-run fields a bundle never bakes in: each run draws its own id and folder.
+UNBAKED = ("run_id",)
+# Modules imported lazily (inside functions) that only some configs use: module -> when it is needed.
+FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {}
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def package_root() -> Path:
+    """The folder holding the pgolf package being bundled."""
+    return Path(pgolf.__file__).resolve().parent
+
+
+def module_path(name: str) -> Path | None:
+    """Source file of a pgolf module (`pgolf.model.gpt` -> .../model/gpt.py), or None if there is none."""
+    parts = name.split(".")[1:]
+    if not parts:
+        return package_root() / "__init__.py"
+    rel = Path(*parts)
+    for candidate in (package_root() / rel.with_suffix(".py"), package_root() / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def is_package(name: str) -> bool:
+    path = module_path(name)
+    return path is not None and path.name == "__init__.py"
+
+
+def _imported_names(node: ast.AST, current: str) -> list[str]:
+    """pgolf modules an import statement names (`from pgolf import dist` names `pgolf.dist`)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "pgolf"]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "pgolf":
+        found = [node.module]
+        found += [f"{node.module}.{a.name}" for a in node.names if module_path(f"{node.module}.{a.name}")]
+        return found
+    return []
+
+
+def module_imports(name: str) -> tuple[set[str], set[str]]:
+    """(imports at module level, imports inside functions) of a pgolf module, as module names."""
+    path = module_path(name)
+    assert path is not None, f"no source for {name}"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top.update(_imported_names(node, name))
+    lazy: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    lazy.update(_imported_names(inner, name))
+    return top, lazy - top
+
+
+def with_parents(names: set[str]) -> set[str]:
+    """The modules plus every package above them (importing pgolf.model.gpt imports pgolf.model)."""
+    out = set(names)
+    for n in names:
+        parts = n.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def bundle_modules(cfg: RunConfig) -> list[str]:
+    """Every pgolf module a run of `cfg` imports: the closure of `pgolf.main` over module-level and
+    in-function imports, except feature modules the config leaves off (and what only they import)."""
+    wanted = {m for m, needed in FEATURE_MODULES.items() if needed(cfg)}
+    seen: set[str] = set()
+    todo = [ENTRY]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        top, lazy = module_imports(name)
+        for dep in with_parents(top | {d for d in lazy if d not in FEATURE_MODULES or d in wanted}):
+            if dep not in seen:
+                todo.append(dep)
+    return sorted(seen)
+
+
+class _Strip(ast.NodeTransformer):
+    """Drop docstrings and function annotations; keep class-level annotations (dataclass fields)."""
+
+    def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                        and isinstance(s.value.value, str))]
+        return kept or [ast.Pass()]
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._body(node.body)
+        return node
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._body(node.body)
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._body(node.body)
+        node.returns = None
+        for arg in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs, node.args.vararg, node.args.kwarg):
+            if arg is not None:
+                arg.annotation = None
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+
+def stripped_source(name: str) -> str:
+    """A module's source after the AST round-trip (same behaviour, no docstrings or comments)."""
+    path = module_path(name)
+    assert path is not None, f"no source for {name}"
+    tree = _Strip().visit(ast.parse(path.read_text(encoding="utf-8")))
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def _compress(raw: bytes) -> tuple[str, bytes]:
+    """("lzma" | "brotli", bytes): whichever codec gives the smaller stream."""
+    candidates = [("lzma", lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),
+                  ("brotli", brotli.compress(raw, quality=11, lgwin=24))]
+    return min(candidates, key=lambda c: (len(c[1]), c[0]))
+
+
+_LOADER = {
+    "lzma": "import lzma\nD=lambda b:lzma.decompress(b,lzma.FORMAT_RAW,filters=[{'id':lzma.FILTER_LZMA2}])\n",
+    "brotli": "import brotli\nD=brotli.decompress\n",
+}
+_TEMPLATE = (
+    "{codec}import base64,json,sys,importlib.util as u\n"
+    "M=json.loads(D(base64.b85decode({payload!r})))\n"
+    "C=M.pop('')\n"
+    "class F:\n"
+    " def find_spec(s,n,p,t=None):\n"
+    "  if n in M:return u.spec_from_loader(n,s,is_package=M[n][0],origin='train_gpt.py')\n"
+    " def create_module(s,q):0\n"
+    " def exec_module(s,m):m.__file__=__file__;exec(compile(M[m.__name__][1],m.__name__,'exec'),m.__dict__)\n"
+    "sys.meta_path.insert(0,F())\n"
+    "from pgolf.main import bundle_main\n"
+    "if __name__=='__main__':sys.exit(bundle_main(C,sys.argv[1:]))\n"
+)
+
+
+def baked_config(cfg: RunConfig) -> str:
+    """The config a bundle carries: the resolved run config without per-run fields, canonical JSON."""
+    data = config_to_dict(cfg)
+    for key in UNBAKED:
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def build_bundle(cfg: RunConfig) -> str:
+    """The text of the single-file script for `cfg` (deterministic)."""
+    # One JSON object: module name -> [is package, source], and "" -> the baked config.
+    modules: dict[str, object] = {name: [is_package(name), stripped_source(name)] for name in bundle_modules(cfg)}
+    modules[""] = baked_config(cfg)
+    raw = json.dumps(modules, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    codec, packed = _compress(raw)
+    return _TEMPLATE.format(codec=_LOADER[codec], payload=base64.b85encode(packed).decode("ascii"))
+
+
+def code_bytes(cfg: RunConfig) -> int:
+    """The counted code bytes of a run of `cfg`: the size of its bundle (UTF-8, all ASCII)."""
+    return len(build_bundle(cfg).encode("utf-8"))
+
+
+def write_bundle(cfg: RunConfig, path: str | Path) -> int:
+    """Write the bundle for `cfg` atomically; returns its size in bytes."""
+    text = build_bundle(cfg).encode("utf-8")
+    write_bytes_atomic(path, text)
+    return len(text)
