@@ -222,3 +222,41 @@ def test_runs_get_their_own_folders_and_never_reuse_one(tiny_run: tuple[Path, su
         assert header["run_id"] == run_id
     line = one_line_error(pgolf("train", *flags, "--run_id", made[0], cwd=root))
     assert made[0] in line and "already holds a run" in line
+
+
+def _start_and_signal(root: Path, run_id: str, extra: list[str], sig: int, wait_for: str) -> subprocess.Popen:
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pgolf", "run", "--preset", "test-tiny", *tiny_flags(root),
+                             "--run_id", run_id, "--train.val_loss_every", "0", *extra],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = root / "runs" / run_id / "log.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and wait_for in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    return proc
+
+
+def test_interrupt_during_warmup_is_one_line(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    import signal
+
+    root, _ = tiny_run
+    proc = _start_and_signal(root, "warm", ["--train.warmup_steps", "100000"], signal.SIGINT, "batch ")
+    out, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err[-2000:]
+    assert not (root / "runs/warm/final_model.int8.ptz").exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    import signal
+
+    root, _ = tiny_run
+    proc = _start_and_signal(root, "term", ["--train.iterations", "1000000", "--train.max_wallclock_seconds", "0",
+                                            "--train.warmup_steps", "0"], signal.SIGTERM, "step 1/")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    s = json.loads((root / "runs/term/summary.json").read_text())
+    assert s["stopped_by"] == "interrupted" and math.isfinite(s["val_bpb"])

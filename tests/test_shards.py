@@ -117,12 +117,12 @@ def test_documents_exact_fill_and_val_numbering(tmp_path: Path) -> None:
 
 
 def test_list_shards_order_and_filter(tmp_path: Path) -> None:
-    for i in (10, 2, 0):
+    for i in (10, 2, 0, 9, 1, 3, 8, 4, 7, 5, 6):  # numeric order, not name order of the digits
         write_shard(tmp_path / shard_name("train", i), np.array([i]))
     write_shard(tmp_path / shard_name("val", 0), np.array([5]))
     write_shard(tmp_path / "fineweb_val_bytes_000000.bin", np.array([5]))  # a sidecar, not a shard
     (tmp_path / ".fineweb_train_000003.bin.tmp-1").write_bytes(b"")
-    assert [p.name for p in list_shards(tmp_path, "train")] == [shard_name("train", i) for i in (0, 2, 10)]
+    assert [p.name for p in list_shards(tmp_path, "train")] == [shard_name("train", i) for i in range(11)]
     assert [p.name for p in list_shards(tmp_path, "val")] == ["fineweb_val_000000.bin"]
 
 
@@ -137,3 +137,26 @@ def test_list_shards_errors(tmp_path: Path) -> None:
     assert str(tmp_path) in message and "fineweb_val_" in message
     assert "pgolf data fineweb --variant sp1024 --train-shards N" in message
     assert count_tokens([]) == 0 and load_tokens([]).size == 0
+
+
+@pytest.mark.parametrize("names,message", [
+    (["fineweb_train_000000.bin", "fineweb_train_000002.bin"], "gap"),
+    (["fineweb_train_000001.bin"], "gap"),
+    (["fineweb_train_000000.bin", "fineweb_train_0000010.bin", "fineweb_train_000010.bin"], "not named"),
+    (["fineweb_train_0.bin"], "not named"),
+])
+def test_shard_numbering_must_be_canonical_and_contiguous(tmp_path: Path, names: list[str], message: str) -> None:
+    for name in names:
+        write_shard(tmp_path / name, np.arange(4))
+    with pytest.raises(UserError, match=message):
+        list_shards(tmp_path, "train")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_when_opened(tmp_path: Path) -> None:
+    path = write_shard(tmp_path / shard_name("train", 0), np.array([1, 5, 700, 3]))
+    assert open_shard_memmap(path, vocab_size=1024).size == 4
+    for reader in (open_shard_memmap, load_shard):
+        with pytest.raises(UserError, match=f"{path.name}.*700.*vocabulary of 512"):
+            reader(path, vocab_size=512)
+    with pytest.raises(UserError, match="700"):
+        load_tokens([path], vocab_size=700)

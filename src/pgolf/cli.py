@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,11 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in COMMANDS:
         print(f"pgolf: error: unknown command {verb!r}; {USAGE}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return COMMANDS[verb](rest)
     except (UserError, ConfigError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pgolf: interrupted during `pgolf {verb}`; files already written are whole (nothing half-written "
+              f"is left under a real name)", file=sys.stderr)
+        return 130
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (torchrun, a scheduler, `kill`) is handled like Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Mapping
 
@@ -94,6 +95,7 @@ def execute(cfg: RunConfig, command: str, prepare: Callable[[RunConfig], object]
 def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     """Entry point of a shipped `train_gpt.py`: baked config, then environment, then flags."""
     prog = os.path.basename(sys.argv[0]) or "train_gpt.py"
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if any(a in ("-h", "--help") for a in argv):
             print(f"usage: {prog} [--section.field VALUE ...]; environment variables: {', '.join(ENV_FLAGS)}")
@@ -104,3 +106,11 @@ def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None =
     except (UserError, ConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; files already written are whole", file=sys.stderr)
+        return 130
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM is handled like Ctrl-C."""
+    raise KeyboardInterrupt

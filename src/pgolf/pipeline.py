@@ -19,6 +19,7 @@ from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
+from pgolf.fileio import remove_orphan_temps
 from pgolf.model.roles import param_roles
 from pgolf.reference import reference_compression_bpb, val_text_bytes
 from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
@@ -52,6 +53,9 @@ def run_folder(cfg: RunConfig, info: DistInfo) -> Path:
 def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLogger]:
     """The run folder and its logger, with the self-describing header already written."""
     cfg.validate()
+    if info.is_main:
+        for folder in (cfg.out_dir, cfg.dataset_dir, str(Path(cfg.tokenizer_path).parent)):
+            remove_orphan_temps(folder)
     run_dir = run_folder(cfg, info)
     log = RunLogger(run_dir, is_main=info.is_main)
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),

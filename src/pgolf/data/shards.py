@@ -84,21 +84,28 @@ def read_shard_header(path: str | os.PathLike[str]) -> int:
     return num_tokens
 
 
-def load_shard(path: str | os.PathLike[str]) -> np.ndarray:
-    """All tokens of a validated shard, uint16, in memory."""
+def load_shard(path: str | os.PathLike[str], vocab_size: int | None = None) -> np.ndarray:
+    """All tokens of a validated shard, uint16, in memory (ids checked against `vocab_size` if given)."""
     num_tokens = read_shard_header(path)
-    tokens = np.fromfile(path, dtype=TOKEN_DTYPE, count=num_tokens, offset=HEADER_BYTES)
-    return tokens.astype(np.uint16, copy=False)
+    tokens = np.fromfile(path, dtype=TOKEN_DTYPE, count=num_tokens, offset=HEADER_BYTES).astype(np.uint16, copy=False)
+    if vocab_size is not None:
+        check_token_ids(path, tokens, vocab_size)
+    return tokens
 
 
-def open_shard_memmap(path: str | os.PathLike[str]) -> np.memmap:
-    """A read-only memory-mapped uint16 view of a validated shard's tokens (nothing read until touched)."""
+def open_shard_memmap(path: str | os.PathLike[str], vocab_size: int | None = None) -> np.memmap:
+    """A read-only memory-mapped uint16 view of a validated shard's tokens; with `vocab_size`, its ids
+    are checked once here (one pass over the file) so a bad id never surfaces mid-run."""
     num_tokens = read_shard_header(path)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
+    tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
+    if vocab_size is not None:
+        check_token_ids(path, tokens, vocab_size)
+    return tokens
 
 
 def list_shards(dataset_dir: str | os.PathLike[str], split: str) -> list[Path]:
-    """The shards of `split` in `dataset_dir`, in index order; a clear error when there are none."""
+    """The shards of `split` in `dataset_dir`, in index order; a clear error when there are none, when
+    a name is not the canonical `fineweb_<split>_%06d.bin`, or when the numbering has a gap."""
     _check_split(split)
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -106,10 +113,26 @@ def list_shards(dataset_dir: str | os.PathLike[str], split: str) -> list[Path]:
     # An exact pattern, not the glob `fineweb_val_*.bin`, which would also take sidecars
     # such as `fineweb_val_bytes_000000.bin`.
     pattern = re.compile(rf"fineweb_{split}_(\d+)\.bin")
-    found = [(int(m.group(1)), p) for p in dataset_dir.iterdir() if (m := pattern.fullmatch(p.name))]
+    found = sorted((int(m.group(1)), p) for p in dataset_dir.iterdir() if (m := pattern.fullmatch(p.name)))
     if not found:
         raise UserError(f"no fineweb_{split}_*.bin shards in {dataset_dir}; {_MISSING_HINT}")
-    return [p for _, p in sorted(found)]
+    for index, path in found:
+        if path.name != shard_name(split, index):
+            raise UserError(f"shard {path} is not named {shard_name(split, index)} (it would be read as shard {index}, "
+                            f"ambiguously); rename or remove it")
+    for expected, (index, path) in enumerate(found):
+        if index != expected:
+            raise UserError(f"shard numbering in {dataset_dir} has a gap: {shard_name(split, expected)} is missing "
+                            f"before {path.name}; {_FIX}")
+    return [p for _, p in found]
+
+
+def check_token_ids(path: str | os.PathLike[str], tokens: np.ndarray, vocab_size: int) -> None:
+    """A UserError naming the shard when any token id is outside the model's vocabulary."""
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise UserError(f"shard {path} holds token id {int(tokens.max())}, outside the vocabulary of "
+                        f"{vocab_size}; the shards were made with another tokenizer: point --data.dataset_dir at "
+                        f"shards of vocab {vocab_size} or set --model.vocab_size to match")
 
 
 def write_documents_as_shards(out_dir: str | os.PathLike[str], split: str, docs: Sequence[np.ndarray], *,
@@ -162,7 +185,7 @@ def count_tokens(paths: Iterable[str | os.PathLike[str]]) -> int:
     return sum(read_shard_header(p) for p in paths)
 
 
-def load_tokens(paths: Iterable[str | os.PathLike[str]]) -> np.ndarray:
-    """The shards' tokens concatenated in the given order, uint16."""
-    parts = [load_shard(p) for p in paths]
+def load_tokens(paths: Iterable[str | os.PathLike[str]], vocab_size: int | None = None) -> np.ndarray:
+    """The shards' tokens concatenated in the given order, uint16 (ids checked if `vocab_size` is given)."""
+    parts = [load_shard(p, vocab_size) for p in paths]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
