@@ -97,3 +97,12 @@ def test_data_paths_follow_the_vocabulary(source: str, vocab: int, dataset: str,
     assert (cfg.dataset_dir, cfg.tokenizer_path) == (dataset, tokenizer)
     explicit = apply_overrides(cfg, ["--data.dataset_dir", "x", "--data.tokenizer_path", "y.model"])
     assert (explicit.dataset_dir, explicit.tokenizer_path) == ("x", "y.model")
+
+
+def test_experiment_hash_ignores_seed_and_run_identity_only() -> None:
+    a, b = get_preset("cpu-demo"), get_preset("cpu-demo")
+    b.train.seed, b.run_id, b.out_dir = 42, "other", "elsewhere"
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a, ignore_seed=True) == config_hash(b, ignore_seed=True)
+    b.model.num_layers += 1
+    assert config_hash(a, ignore_seed=True) != config_hash(b, ignore_seed=True)

@@ -358,9 +358,19 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: Any) -> str:
-    """First 12 hex digits of the sha256 of the canonical JSON of a config."""
-    text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+# Fields that say where a run goes, not what it computes: no hash covers them.
+RUN_IDENTITY_FIELDS = ("run_id", "out_dir")
+
+
+def config_hash(cfg: Any, *, ignore_seed: bool = False) -> str:
+    """First 12 hex digits of the sha256 of the canonical JSON of a config, without its run identity
+    (run_id, out_dir). With `ignore_seed`, the experiment's hash: equal for the seeds of one experiment."""
+    data = config_to_dict(cfg)
+    for key in RUN_IDENTITY_FIELDS:
+        data.pop(key, None)
+    if ignore_seed and isinstance(data.get("train"), dict):
+        data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

@@ -88,6 +88,7 @@ def run_header(cfg: RunConfig, *, world_size: int, data_fingerprint: dict[str, A
         "command": command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_hash": config_hash(cfg),
+        "experiment_hash": config_hash(cfg, ignore_seed=True),
         "seed": cfg.train.seed,
         "world_size": world_size,
         "git_commit": git_commit(),
