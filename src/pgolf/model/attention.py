@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from pgolf.config import ModelConfig
 from pgolf.model.layers import CastedLinear, Rotary, apply_rotary, rms_norm
+from pgolf.model.specs import LayerSpec
 
 ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "math")
 
@@ -79,21 +81,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> t
 class CausalSelfAttention(nn.Module):
     """GQA attention with QK-norm, RoPE and a learned per-head query gain; `proj` starts at zero."""
 
-    def __init__(self, *, model_dim: int, num_heads: int, num_kv_heads: int, rope_base: float,
-                 qk_gain_init: float, backend: str = "auto") -> None:
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec, backend: str = "auto") -> None:
         super().__init__()
         check_backend(backend)
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = model_dim // num_heads
+        dim = cfg.model_dim
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
         self.backend = backend
-        kv_dim = num_kv_heads * self.head_dim
-        self.c_q = CastedLinear(model_dim, model_dim)
-        self.c_k = CastedLinear(model_dim, kv_dim)
-        self.c_v = CastedLinear(model_dim, kv_dim)
-        self.proj = CastedLinear(model_dim, model_dim)
-        self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(self.head_dim, rope_base)
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        self.c_q = CastedLinear(dim, dim)
+        self.c_k = CastedLinear(dim, kv_dim)
+        self.c_v = CastedLinear(dim, kv_dim)
+        self.proj = CastedLinear(dim, dim)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
+        self.rotary = Rotary(self.head_dim, cfg.rope_base)
 
     def reset_parameters(self) -> None:
         # zero-init the output projection so each block's attention starts as a no-op
