@@ -14,6 +14,7 @@ the extra layer of an odd count).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,8 +51,11 @@ class LayerSpec:
 
 
 def virtual_order(cfg: ModelConfig, looping: bool) -> list[int]:
-    """Physical block index at each virtual position."""
-    return list(range(cfg.num_layers))
+    """Physical block index at each virtual position; [start..end] runs num_loops extra times when looping."""
+    if not looping or cfg.num_loops == 0:
+        return list(range(cfg.num_layers))
+    loop = list(range(cfg.loop_start, cfg.loop_end + 1))
+    return list(range(cfg.loop_start)) + loop * (cfg.num_loops + 1) + list(range(cfg.loop_end + 1, cfg.num_layers))
 
 
 def num_encoder_layers(num_virtual: int) -> int:
@@ -65,11 +69,21 @@ def num_skip_weights(cfg: ModelConfig) -> int:
     return min(num_encoder_layers(n), n - num_encoder_layers(n))
 
 
+def _residual_mode(cfg: ModelConfig, block: int, side: Side) -> Residual:
+    if cfg.parallel_residual == "off" or block < cfg.parallel_from:
+        return "sequential"
+    if cfg.parallel_residual == "gptj":
+        return "gptj"
+    # the two-lane form lives in the decoder only (2026-03-31 and 2026-04-27 records)
+    return "two_lane" if side == "decoder" else "sequential"
+
+
 def layer_specs(cfg: ModelConfig, looping: bool) -> list[LayerSpec]:
     """The plan of a model: one spec per virtual layer, in execution order."""
     order = virtual_order(cfg, looping)
     num_enc = num_encoder_layers(len(order))
     num_skips = min(num_enc, len(order) - num_enc)
+    xsa_from = cfg.num_layers - cfg.xsa_last_n if cfg.xsa_last_n > 0 else cfg.num_layers
     specs = []
     for pos, block in enumerate(order):
         side: Side = "encoder" if pos < num_enc else "decoder"
@@ -81,12 +95,15 @@ def layer_specs(cfg: ModelConfig, looping: bool) -> list[LayerSpec]:
             side=side,
             skip_index=dec if has_skip else -1,
             skip_source=num_enc - 1 - dec if has_skip else -1,
-            ln_scale=1.0,
-            xsa=False,
-            value_embed=False,
-            residual="sequential",
-            attn_gate="off",
+            ln_scale=1.0 / math.sqrt(block + 1) if cfg.ln_scale else 1.0,
+            xsa=block >= xsa_from,
+            value_embed=block in cfg.value_embed_layers,
+            residual=_residual_mode(cfg, block, side),
+            attn_gate=cfg.attn_gate,
         ))
+    lanes = [spec.residual == "two_lane" for spec in specs]
+    # once the two lanes open they run to the end (ModelConfig.validate refuses loops that would reopen them)
+    assert lanes == sorted(lanes), "two-lane layers must form a suffix of the plan"
     return specs
 
 
