@@ -179,7 +179,8 @@ class ModelConfig:
     def _validate_token_side(self) -> None:
         b = self.bigram_buckets
         _require(b == 0 or 2 <= b <= 1 << 24, f"model.bigram_buckets={b} must be 0 (off) or in 2..{1 << 24}")
-        _require(1 <= self.bigram_dim <= MAX_MODEL_DIM, f"model.bigram_dim={self.bigram_dim} must be in 1..{MAX_MODEL_DIM}")
+        _require(1 <= self.bigram_dim <= MAX_MODEL_DIM,
+                 f"model.bigram_dim={self.bigram_dim} must be in 1..{MAX_MODEL_DIM}")
         _require(not self.bigram_trigram or b > 0, "model.bigram_trigram needs model.bigram_buckets > 0")
         _require(1 <= self.smear_gate_window <= self.model_dim,
                  f"model.smear_gate_window={self.smear_gate_window} must be in 1..model.model_dim={self.model_dim}")
@@ -466,9 +467,18 @@ class RunConfig:
         return self.eval.stride or self.eval_seq_len
 
 
+def _json_form(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_form(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_form(v) for v in value]
+    return value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (nested); a dict is returned as a copy."""
-    return dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    """A JSON-ready dict of a config dataclass (nested), in the form JSON stores it (tuples as lists), so a
+    config read back from a log or an artifact compares equal to a fresh one; a dict is returned as a copy."""
+    return _json_form(dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg))
 
 
 def config_hash(cfg: Any) -> str:
