@@ -80,7 +80,8 @@ class Block(nn.Module):
         """Two-lane step: attention reads lane0 (mixed with x0), the MLP reads lane1; post (2, 2) routes
         [attn, mlp] x [lane0, lane1], resid (2,) carries each lane."""
         dt = lane0.dtype
-        attn_out = self.attn_scale.to(dt)[None, None, :] * self.attn(self._norm(self._read(lane0, x0)), value_embed, docs)
+        attn_in = self._norm(self._read(lane0, x0))  # (B, T, C)
+        attn_out = self.attn_scale.to(dt)[None, None, :] * self.attn(attn_in, value_embed, docs)
         mlp_out = self.mlp_scale.to(dt)[None, None, :] * self.mlp(self._norm(lane1))
         p, r = post.to(dt), resid.to(dt)
         new0 = r[0] * lane0 + p[0, 0] * attn_out + p[1, 0] * mlp_out  # (B, T, C)
