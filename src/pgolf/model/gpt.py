@@ -163,7 +163,8 @@ class GPT(nn.Module):
         scaled = self.skip_weights[i].to(x.dtype)[None, None, :] * skip  # (B, T, C)
         if self.skip_gates is None:
             return x + scaled
-        return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[i].to(x.dtype))[None, None, :])
+        gate = torch.sigmoid(self.skip_gates[i].to(x.dtype))[None, None, :]  # (1, 1, C)
+        return torch.lerp(scaled, x, gate)  # (B, T, C)
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-normed residual stream (B, T, C) for token ids (B, T)."""
