@@ -23,6 +23,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import dist
+from pgolf.checkpoint import rng_state, set_rng_state
+from pgolf.components import Component, StepEvent, build_components
 from pgolf.config import RunConfig
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import list_shards
@@ -31,7 +33,7 @@ from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
 from pgolf.optim.groups import build_optimizers, describe_groups
-from pgolf.optim.schedule import apply_lr, lr_multiplier, muon_momentum_at
+from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
 
 EvalCallback = Callable[[nn.Module, int], dict[str, float]]
@@ -39,7 +41,8 @@ EvalCallback = Callable[[nn.Module, int], dict[str, float]]
 
 @dataclass
 class TrainResult:
-    """What training produced and how fast: the raw (unwrapped) model and the run's counters."""
+    """What training produced and how fast. `model` holds the weights to export (a weight average when
+    one is on, else the live model itself); `live_model` is the trained model as the optimiser left it."""
 
     model: GPT
     steps: int
@@ -50,6 +53,8 @@ class TrainResult:
     peak_memory_bytes: int
     num_parameters: int
     stopped_by: str
+    live_model: GPT | None = None
+    export_source: str = "live"
 
 
 def local_accum_steps(grad_accum_steps: int, world_size: int) -> int:
@@ -66,7 +71,9 @@ def autocast_context(device: torch.device, enabled: bool) -> Any:
 
 
 class Trainer:
-    """Owns the model, its optimisers and the loader; `step()` runs one optimiser step."""
+    """Owns the model, its optimisers, the loader and the training components; `step()` runs one
+    optimiser step. Its whole state (model, optimisers, loader, RNG, components) is one nested dict
+    (`state_dict`), which the warm-up undo and the checkpoints save and restore."""
 
     def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
         self.cfg = cfg
@@ -79,6 +86,7 @@ class Trainer:
         data_seed = cfg.train.seed if cfg.train.data_order == "seeded" else None
         self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=data_seed)
         self.optimizers = build_optimizers(self.model, cfg.optim)
+        self.components: list[Component] = build_components(cfg, self.model)
         wrapped: nn.Module = self.model
         if cfg.train.compile:
             wrapped = torch.compile(wrapped, dynamic=False)
@@ -86,6 +94,16 @@ class Trainer:
             ids = [info.device.index] if info.device.type == "cuda" else None
             wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
         self.wrapped = wrapped
+
+    def add_component(self, component: Component) -> None:
+        """Append a component (before training starts); names are unique, as checkpoints key by name."""
+        if any(c.name == component.name for c in self.components):
+            raise ValueError(f"a training component named {component.name!r} already exists")
+        self.components.append(component)
+
+    def schedule(self, step: int, elapsed_s: float) -> SchedulePoint:
+        """The schedules at a step (pure in step and training seconds)."""
+        return schedule_at(step, elapsed_s, self.cfg.optim, self.cfg.train, self.cfg.train.max_wallclock_seconds)
 
     def _micro_step(self, is_last: bool) -> torch.Tensor:
         x, y = self.loader.next_batch(self.micro_tokens, self.cfg.train.train_seq_len)
@@ -98,33 +116,74 @@ class Trainer:
             (loss / self.accum).backward()
         return loss.detach()
 
-    def step(self, step: int, lr_mul: float) -> float:
-        """One optimiser step over the global batch; returns the mean training loss over all ranks."""
+    def step(self, step: int, point: SchedulePoint, elapsed_s: float = 0.0) -> float:
+        """One optimiser step over the global batch, then every component's update; returns the mean
+        training loss over all ranks."""
         total = torch.zeros((), device=self.info.device, dtype=torch.float32)
         for i in range(self.accum):
             total += self._micro_step(is_last=i == self.accum - 1).float()
-        apply_lr(self.optimizers, lr_mul, muon_momentum_at(step, self.cfg.optim))
+        apply_lr(self.optimizers, point.lr_mul, point.muon_momentum)
         if self.cfg.optim.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
         for opt in self.optimizers:
             opt.step()
+        event = StepEvent(step=step + 1, lr_mul=point.lr_mul, warmdown_mul=point.warmdown_mul, frac=point.frac,
+                          elapsed_s=elapsed_s)
+        for component in self.components:
+            component.update(event)  # before zero_grad: components may read the gradients
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         return float(dist.all_reduce_avg_(total / self.accum).item())
 
-    def snapshot(self) -> dict[str, Any]:
-        """Model, optimiser and loader state, to undo the warm-up steps."""
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state, by reference (copy it to keep it)."""
         return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
-            "loader": copy.deepcopy(self.loader.state_dict()),
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(self.info.device),
+            "components": {c.name: c.state_dict() for c in self.components},
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output (tensors may be on the host)."""
+        self.model.load_state_dict(state["model"])
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"state holds {len(state['optimizers'])} optimisers, the trainer {len(self.optimizers)}")
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"], self.info.device)
+        names = [c.name for c in self.components]
+        if sorted(state["components"]) != sorted(names):
+            raise ValueError(f"state holds components {sorted(state['components'])}, the trainer {sorted(names)}")
+        for component in self.components:
+            component.load_state_dict(state["components"][component.name])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A private copy of the whole state, to undo the warm-up steps."""
+        return copy.deepcopy(self.state_dict())
+
     def restore(self, snap: dict[str, Any]) -> None:
-        self.model.load_state_dict(snap["model"])
-        for opt, state in zip(self.optimizers, snap["optimizers"]):
-            opt.load_state_dict(state)
-        self.loader.load_state_dict(snap["loader"])
+        self.load_state_dict(snap)
+
+    def export_weights(self) -> tuple[str, dict[str, torch.Tensor] | None]:
+        """(source, state dict) of the weights to export: the first component that offers them, in list
+        order, else ("live", None) for the live model's own weights."""
+        for component in self.components:
+            state = component.export_state()
+            if state is not None:
+                return component.name, state
+        return "live", None
+
+    def export_model(self) -> tuple[str, GPT]:
+        """(source, model) to export: a copy of the model holding the averaged weights, or the live model."""
+        source, state = self.export_weights()
+        if state is None:
+            return source, self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        return source, model
 
 
 def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
@@ -134,7 +193,7 @@ def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
     t0 = time.perf_counter()
     snap = trainer.snapshot()
     for s in range(num_steps):
-        trainer.step(s, lr_mul=1.0)
+        trainer.step(s, trainer.schedule(s, 0.0))
     trainer.restore(snap)
     seconds = time.perf_counter() - t0
     log.line(f"warmup {num_steps} steps done in {seconds:.1f} s (undone; not counted in the training clock)")
@@ -159,22 +218,23 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
              f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
     for group in describe_groups(trainer.optimizers):
         log.line("optim " + " | ".join(f"{k} {v}" for k, v in group.items()))
+    if trainer.components:
+        log.line("components " + " | ".join(c.describe() for c in trainer.components))
     log.line(f"batch {tc.train_batch_tokens:,} tokens/step = {info.world_size} ranks x {trainer.accum} micro x "
              f"{trainer.micro_tokens // tc.train_seq_len} seqs x {tc.train_seq_len}")
     log.metrics("model", num_parameters=num_params, optimizer_groups=describe_groups(trainer.optimizers))
     run_warmup(trainer, tc.warmup_steps, log)
 
-    budget_ms = tc.max_wallclock_seconds * 1000.0
     train_s, step, loss, stopped_by = 0.0, 0, float("nan"), "iterations"
     log.start_progress(tc.iterations, "train")
     try:
         while step < tc.iterations:
             if eval_callback is not None and tc.val_loss_every > 0 and step > 0 and step % tc.val_loss_every == 0:
                 _periodic_eval(trainer, eval_callback, step, train_s, log)
-            mul = lr_multiplier(step=step, elapsed_ms=train_s * 1000.0, max_wallclock_ms=budget_ms,
-                                warmdown_iters=tc.warmdown_iters, iterations=tc.iterations)
+            point = trainer.schedule(step, train_s)
+            mul = point.lr_mul
             t0 = time.perf_counter()
-            loss = trainer.step(step, mul)
+            loss = trainer.step(step, point, train_s)
             _sync(info.device)
             step_s = time.perf_counter() - t0
             train_s += step_s
@@ -190,11 +250,14 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     finally:
         log.close_progress()
     tokens = step * tc.train_batch_tokens
+    source, export_model = trainer.export_model()
     result = TrainResult(
-        model=trainer.model, steps=step, train_seconds=train_s, tokens_seen=tokens,
+        model=export_model, live_model=trainer.model, export_source=source, steps=step, train_seconds=train_s, tokens_seen=tokens,
         tokens_per_second=tokens / max(train_s, 1e-9), final_train_loss=loss,
         peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params, stopped_by=stopped_by,
     )
+    if source != "live":
+        log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
     log.line(f"training stopped by {stopped_by} after {step} steps, {train_s:.1f} s, "
              f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
     log.metrics("train_done", steps=step, train_seconds=train_s, tokens=tokens,

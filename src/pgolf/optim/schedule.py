@@ -4,13 +4,18 @@ No LR warm-up. The warmdown is wall-clock based when a budget is set: from the m
 the last `warmdown_iters` steps are estimated to take warmdown_ms, and once the remaining budget is
 below that the multiplier is remaining/warmdown_ms, reaching 0 exactly at the cap. Without a budget it
 decays linearly over the last `warmdown_iters` iterations. Muon momentum warms up linearly.
+
+Every schedule is a pure function of (step, elapsed training seconds) and the config: `schedule_at`
+gives everything one step needs, so a resumed run recomputes it from the two saved counters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from pgolf.config import OptimConfig
+from pgolf.config import OptimConfig, TrainConfig
 from pgolf.optim.muon import Muon
 
 
@@ -35,6 +40,37 @@ def lr_multiplier(*, step: int, elapsed_ms: float, max_wallclock_ms: float, warm
     warmdown_ms = warmdown_iters * step_ms
     remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def progress(step: int, elapsed_s: float, iterations: int, budget_s: float) -> float:
+    """Fraction of training done in [0, 1]: of the step limit, or of the time budget when one is set,
+    whichever is further along (training stops at whichever limit comes first)."""
+    by_steps = step / max(iterations, 1)
+    by_time = elapsed_s / budget_s if budget_s > 0 else 0.0
+    return min(max(by_steps, by_time), 1.0)
+
+
+@dataclass(frozen=True)
+class SchedulePoint:
+    """Everything the schedules say about one step."""
+
+    lr_mul: float
+    """Multiplier of every group's base LR."""
+    warmdown_mul: float
+    """The warm-down factor alone (1 before the warm-down)."""
+    frac: float
+    """Training progress in [0, 1]."""
+    muon_momentum: float
+    """Muon's momentum this step."""
+
+
+def schedule_at(step: int, elapsed_s: float, optim: OptimConfig, train: TrainConfig, budget_s: float) -> SchedulePoint:
+    """The schedules at `step` after `elapsed_s` training seconds, for a time budget of `budget_s` (0: none)."""
+    warmdown = lr_multiplier(step=step, elapsed_ms=elapsed_s * 1000.0, max_wallclock_ms=budget_s * 1000.0,
+                             warmdown_iters=train.warmdown_iters, iterations=train.iterations)
+    return SchedulePoint(lr_mul=warmdown, warmdown_mul=warmdown,
+                         frac=progress(step, elapsed_s, train.iterations, budget_s),
+                         muon_momentum=muon_momentum_at(step, optim))
 
 
 def apply_lr(optimizers: list[torch.optim.Optimizer], lr_mul: float, muon_momentum: float) -> None:

@@ -1,0 +1,156 @@
+"""Training checkpoints (not the artifact): the whole training state in one safetensors file.
+
+A state is any nesting of dicts, lists and tuples whose leaves are tensors, numbers, strings, bools,
+None or torch dtypes (model and optimiser state dicts, loader positions, component states, RNG
+states). `flatten_state` splits it into named tensors and a JSON skeleton in which every tensor is
+replaced by its name; the skeleton travels in the safetensors header's metadata, so one file holds
+everything and one atomic rename (`pgolf.fileio.write_bytes_atomic`) commits it: a crash leaves the
+previous checkpoint or the new one, never half of one. Loading parses JSON and safetensors only
+(no pickle, no torch.load), and rebuilds exactly what was saved (int dict keys, tuples, dtypes, NaN).
+
+`rng_state` / `set_rng_state` capture and restore every generator a run may draw from: torch (CPU and
+the run's CUDA device), numpy's and Python's global generators.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgolf.errors import UserError
+from pgolf.fileio import write_bytes_atomic
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "pgolf-train-checkpoint-1"
+_META_KEY = "pgolf_checkpoint"
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16, torch.int32,
+    torch.int64, torch.uint8, torch.bool)}
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        # Each tensor is copied to the host; a checkpoint never shares storage with live training state.
+        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"$tensor": path}
+    if isinstance(obj, torch.dtype):
+        return {"$dtype": str(obj).removeprefix("torch.")}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"$float": repr(obj)}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, f"{path}.{k}", tensors) for k, v in obj.items()}
+        return {"$items": [[_encode(k, f"{path}.k{i}", tensors), _encode(v, f"{path}.{i}", tensors)]
+                           for i, (k, v) in enumerate(obj.items())]}
+    raise TypeError(f"cannot store {type(obj).__name__} at {path} in a checkpoint")
+
+
+def flatten_state(state: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """(named host tensors, JSON-ready skeleton) of a nested training state."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(state, "s", tensors)
+    return tensors, skeleton
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The nested state `flatten_state` split, rebuilt (tensors on the host)."""
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if "$tensor" in skeleton:
+        return tensors[skeleton["$tensor"]]
+    if "$dtype" in skeleton:
+        return _DTYPES[skeleton["$dtype"]]
+    if "$float" in skeleton:
+        return float(skeleton["$float"])
+    if "$tuple" in skeleton:
+        return tuple(unflatten_state(v, tensors) for v in skeleton["$tuple"])
+    if "$items" in skeleton:
+        return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skeleton["$items"]}
+    return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
+
+
+def save_checkpoint(path: Path, state: Any, meta: dict[str, Any]) -> int:
+    """Write `state` and the JSON `meta` (step, seconds, config...) to one file atomically; returns its bytes."""
+    from safetensors.torch import save
+
+    tensors, skeleton = flatten_state(state)
+    header = json.dumps({"format": CHECKPOINT_FORMAT, "meta": meta, "state": skeleton}, sort_keys=True)
+    blob = save(tensors, metadata={_META_KEY: header})
+    write_bytes_atomic(path, blob)
+    return len(blob)
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without reading its tensors."""
+    return _read_header(path)["meta"]
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; checkpoints are written when --train.checkpoint_every_seconds > 0")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(_META_KEY)
+        header = json.loads(text) if text else None
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged") from None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a pgolf training checkpoint ({CHECKPOINT_FORMAT})")
+    return header
+
+
+def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(state, meta) of a checkpoint file; tensors are on the host."""
+    from safetensors.torch import load_file
+
+    header = _read_header(path)
+    tensors = load_file(str(path))
+    try:
+        return unflatten_state(header["state"], tensors), header["meta"]
+    except KeyError as exc:
+        raise UserError(f"checkpoint {path} names tensor {exc} that it does not hold; it is damaged") from None
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator's state: torch CPU, the run's CUDA device, numpy global, Python global."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4]),
+                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
