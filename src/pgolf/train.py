@@ -32,7 +32,7 @@ from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
-from pgolf.optim.groups import build_optimizers, describe_groups
+from pgolf.optim.groups import build_optimizers, decay_weights_, describe_groups
 from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
 
@@ -122,9 +122,10 @@ class Trainer:
         total = torch.zeros((), device=self.info.device, dtype=torch.float32)
         for i in range(self.accum):
             total += self._micro_step(is_last=i == self.accum - 1).float()
-        apply_lr(self.optimizers, point.lr_mul, point.muon_momentum)
+        apply_lr(self.optimizers, point.lr_mul, point.muon_momentum, point.wd_mul)
         if self.cfg.optim.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
+        decay_weights_(self.optimizers)
         for opt in self.optimizers:
             opt.step()
         event = StepEvent(step=step + 1, lr_mul=point.lr_mul, warmdown_mul=point.warmdown_mul, frac=point.frac,
