@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers_train import one_thread  # noqa: F401  (autouse: single-threaded torch)
 from pgolf.optim.muon import (Muon, muon_scale, normalize_rows, zeropower_newton_schulz,
                               zeropower_newton_schulz_batched)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers_train import one_thread  # noqa: F401  (autouse: single-threaded torch)
 from pgolf.config import ModelConfig, OptimConfig, TrainConfig
 from pgolf.model.gpt import GPT
 from pgolf.optim.groups import build_optimizers, decay_weights_

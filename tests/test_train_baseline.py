@@ -11,13 +11,11 @@ import pytest
 import torch
 
 from frozen_baseline import frozen_lr_multiplier, frozen_train
+from helpers_train import CPU, one_thread  # noqa: F401  (one_thread: autouse)
 from pgolf.data.shards import shard_name, write_shard
-from pgolf.dist import DistInfo
 from pgolf.presets import get_preset
 from pgolf.runlog import RunLogger
 from pgolf.train import train
-
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -10,30 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_train import CPU, one_thread, tiny_cfg, write_random_shards  # noqa: F401  (one_thread: autouse)
 from pgolf.components import Component, Disabled, StepEvent, SwitchAtThreshold
 from pgolf.config import RunConfig
-from pgolf.data.shards import shard_name, write_shard
-from pgolf.dist import DistInfo
-from pgolf.presets import get_preset
 from pgolf.runlog import RunLogger
 from pgolf.train import Trainer, train
 
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shards")
-    write_shard(root / shard_name("train", 0), np.random.default_rng(0).integers(0, 512, 30_000))
-    return root
-
-
-def tiny_cfg(shard_dir: Path, iterations: int = 4, warmup: int = 2) -> RunConfig:
-    cfg = get_preset("test-tiny")
-    cfg.data.dataset_dir = str(shard_dir)
-    cfg.train.iterations, cfg.train.warmup_steps, cfg.train.warmdown_iters = iterations, warmup, 2
-    cfg.train.max_wallclock_seconds, cfg.train.val_loss_every, cfg.train.dtype = 0.0, 0, "float32"
-    return cfg
+    return write_random_shards(tmp_path_factory.mktemp("shards"))
 
 
 class Recorder(Component):
@@ -116,3 +103,89 @@ def test_switch_fires_once_and_follows_restores() -> None:
     assert by_lr.fired_at_step == 2
     with pytest.raises(ValueError):
         SwitchAtThreshold("bad", calls.append)
+
+
+class Snapshots(Component):
+    """Records the weights (and the gradients) after every step, for reference computations."""
+
+    name = "snapshots"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.grads: list[dict[str, torch.Tensor]] = []
+        self.events: list[StepEvent] = []
+
+    def update(self, event: StepEvent) -> None:
+        self.events.append(event)
+        self.weights.append({n: p.detach().double().clone() for n, p in self.model.named_parameters()})
+        self.grads.append({n: p.grad.detach().double().clone() for n, p in self.model.named_parameters()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": len(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del self.events[state["n"]:], self.weights[state["n"]:], self.grads[state["n"]:]
+
+
+def run_with_snapshots(cfg: RunConfig) -> tuple[Any, Snapshots, dict[str, torch.Tensor]]:
+    trainer = Trainer(cfg, CPU)
+    initial = {n: p.detach().double().clone() for n, p in trainer.model.named_parameters()}
+    snaps = Snapshots(trainer.model)
+    trainer.add_component(snaps)
+    result = train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
+    return result, snaps, initial
+
+
+def test_ema_equals_reference_and_is_exported(shard_dir: Path) -> None:
+    cfg = tiny_cfg(shard_dir, iterations=5, warmup=2)
+    cfg.train.ema_decay = 0.8
+    result, snaps, initial = run_with_snapshots(cfg)
+    assert result.export_source == "ema" and result.live_model is not result.model
+    reference = dict(initial)
+    for weights in snaps.weights:
+        reference = {n: 0.8 * reference[n] + 0.2 * weights[n] for n in reference}
+    exported = result.model.state_dict()
+    for name, value in reference.items():
+        torch.testing.assert_close(exported[name].double(), value, rtol=1e-5, atol=1e-7)
+    live = dict(result.live_model.named_parameters())
+    assert all(torch.equal(live[n].detach().double(), snaps.weights[-1][n]) for n in live)
+    # The warm-up steps did not leak into the average: a run without them exports the same bits.
+    cfg0 = tiny_cfg(shard_dir, iterations=5, warmup=0)
+    cfg0.train.ema_decay = 0.8
+    result0 = train(cfg0, CPU, RunLogger(None, echo=False))
+    assert all(torch.equal(v, result0.model.state_dict()[k]) for k, v in exported.items())
+
+
+def test_swa_averages_the_tail_and_ema_wins_when_both_are_on(shard_dir: Path) -> None:
+    cfg = tiny_cfg(shard_dir, iterations=8, warmup=1)
+    cfg.train.warmdown_iters, cfg.train.swa_every, cfg.train.swa_lr_threshold = 6, 2, 0.6
+    result, snaps, _ = run_with_snapshots(cfg)
+    assert result.export_source == "swa"
+    taken = [w for e, w in zip(snaps.events, snaps.weights) if e.lr_mul < 0.6 and e.step % 2 == 0]
+    assert len(taken) == 2  # lr_mul 3/6, 2/6, 1/6 on steps 6..8 -> steps 6 and 8
+    exported = result.model.state_dict()
+    for name in taken[0]:
+        torch.testing.assert_close(exported[name].double(), sum(w[name] for w in taken) / len(taken))
+    cfg.train.ema_decay = 0.9
+    assert train(cfg, CPU, RunLogger(None, echo=False)).export_source == "ema"
+
+
+def test_swa_without_samples_exports_the_live_weights(shard_dir: Path) -> None:
+    cfg = tiny_cfg(shard_dir, iterations=3, warmup=0)
+    cfg.train.swa_every, cfg.train.swa_lr_threshold, cfg.train.warmdown_iters = 1, 0.01, 1
+    result = train(cfg, CPU, RunLogger(None, echo=False))
+    assert result.export_source == "live" and result.model is result.live_model
+
+
+def test_sensitivity_is_the_mean_squared_gradient_over_the_warmdown_tail(shard_dir: Path) -> None:
+    cfg = tiny_cfg(shard_dir, iterations=6, warmup=1)
+    cfg.train.warmdown_iters, cfg.train.sensitivity_frac = 4, 0.5
+    result, snaps, _ = run_with_snapshots(cfg)
+    tail = [g for e, g in zip(snaps.events, snaps.grads) if e.warmdown_mul <= 0.5]
+    assert len(tail) == 2  # warm-down factors 1, 3/4, 2/4, 1/4 on steps 3..6
+    assert result.sensitivity is not None and set(result.sensitivity) == set(tail[0])
+    for name, value in result.sensitivity.items():
+        expected = sum(g[name].square().mean().item() for g in tail) / len(tail)
+        assert value == pytest.approx(expected, rel=1e-5)
+    assert train(tiny_cfg(shard_dir), CPU, RunLogger(None, echo=False)).sensitivity is None

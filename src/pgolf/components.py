@@ -111,7 +111,56 @@ class SwitchAtThreshold(Component):
         return f"{self.name} when {when}"
 
 
+class GradientSensitivity(Component):
+    """Mean squared gradient of every parameter tensor over the last `frac` of the warm-down (the steps
+    whose warm-down factor is below 1 and at most `frac`): a free per-tensor sensitivity estimate for the
+    quantiser (the diagonal-Fisher proxy of gradient-guided quantisation), summed on the device without
+    a host sync per step."""
+
+    name = "sensitivity"
+
+    def __init__(self, model: nn.Module, frac: float) -> None:
+        self.frac = frac
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        device = self.params[0].device
+        self.sums = torch.zeros(len(self.params), dtype=torch.float32, device=device)
+        self.count = 0
+
+    def update(self, event: StepEvent) -> None:
+        if not (event.warmdown_mul < 1.0 and event.warmdown_mul <= self.frac):
+            return
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self.sums[i] += p.grad.detach().float().square().mean()
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums.copy_(state["sums"])
+        self.count = int(state["count"])
+
+    def result(self) -> dict[str, float]:
+        """{parameter name: mean over the accumulated steps of mean(grad^2)}; empty before any step."""
+        if self.count == 0:
+            return {}
+        values = (self.sums / self.count).tolist()
+        return dict(zip(self.names, values))
+
+    def describe(self) -> str:
+        return f"sensitivity over the last {self.frac:g} of the warm-down"
+
+
 def build_components(cfg: RunConfig, model: nn.Module) -> list[Component]:
     """The Trainer's components for a config, switched-off ones as `Disabled`. Order matters: the first
     component offering weights to export wins (EMA before SWA)."""
-    return []
+    from pgolf.optim.averaging import EMA, SWA
+
+    tc = cfg.train
+    return [
+        EMA(model, tc.ema_decay) if tc.ema_decay > 0 else Disabled("ema"),
+        SWA(model, tc.swa_every, tc.swa_lr_threshold) if tc.swa_every > 0 else Disabled("swa"),
+        GradientSensitivity(model, tc.sensitivity_frac) if tc.sensitivity_frac > 0 else Disabled("sensitivity"),
+    ]

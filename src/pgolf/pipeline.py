@@ -54,6 +54,8 @@ def control_names(model: torch.nn.Module) -> list[str]:
 def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
     """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
     save_raw_model(result.model, run_dir / "final_model.safetensors")
+    if result.sensitivity is not None:
+        write_json_atomic(run_dir / "sensitivity.json", result.sensitivity)
     art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(result.model),
                          extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})

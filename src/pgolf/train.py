@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import dist
 from pgolf.checkpoint import rng_state, set_rng_state
-from pgolf.components import Component, StepEvent, build_components
+from pgolf.components import Component, GradientSensitivity, StepEvent, build_components
 from pgolf.config import RunConfig
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import list_shards
@@ -55,6 +55,7 @@ class TrainResult:
     stopped_by: str
     live_model: GPT | None = None
     export_source: str = "live"
+    sensitivity: dict[str, float] | None = None
 
 
 def local_accum_steps(grad_accum_steps: int, world_size: int) -> int:
@@ -259,12 +260,23 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     )
     if source != "live":
         log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
+    result.sensitivity = _sensitivity(trainer, log)
     log.line(f"training stopped by {stopped_by} after {step} steps, {train_s:.1f} s, "
              f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
     log.metrics("train_done", steps=step, train_seconds=train_s, tokens=tokens,
                 tokens_per_second=result.tokens_per_second, final_train_loss=loss, stopped_by=stopped_by,
                 peak_memory_bytes=result.peak_memory_bytes)
     return result
+
+
+def _sensitivity(trainer: Trainer, log: RunLogger) -> dict[str, float] | None:
+    """The gradient-sensitivity statistics when that component is on (logged with its step count)."""
+    for component in trainer.components:
+        if isinstance(component, GradientSensitivity):
+            log.line(f"sensitivity: mean squared gradients of {len(component.names)} tensors over "
+                     f"{component.count} warm-down steps")
+            return component.result()
+    return None
 
 
 def _sync(device: torch.device) -> None:
