@@ -26,7 +26,7 @@ from pgolf import dist
 from pgolf.checkpoint import rng_state, set_rng_state
 from pgolf.components import Component, GradientSensitivity, StepEvent, build_components
 from pgolf.config import RunConfig
-from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.loader import build_loader
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
@@ -84,8 +84,8 @@ class Trainer:
         self.accum = local_accum_steps(cfg.train.grad_accum_steps, info.world_size)
         self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
         paths = list_shards(cfg.dataset_dir, "train")
-        data_seed = cfg.train.seed if cfg.train.data_order == "seeded" else None
-        self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=data_seed)
+        self.loader = build_loader(paths, data_order=cfg.train.data_order, seed=cfg.train.seed, rank=info.rank,
+                                   world_size=info.world_size, seq_len=cfg.train.train_seq_len)
         self.optimizers = build_optimizers(self.model, cfg.optim)
         self.components: list[Component] = build_components(cfg, self.model)
         wrapped: nn.Module = self.model
