@@ -40,9 +40,11 @@ def write_random_shards(root: Path, sizes: tuple[int, ...] = (30_000,), vocab: i
 
 
 def tiny_cfg(shard_dir: Path, iterations: int = 4, warmup: int = 2) -> RunConfig:
-    """test-tiny on the given shards: float32, iteration-limited, no wall-clock schedule, no eval."""
+    """test-tiny on the given shards with a smaller batch (2 micro-batches of 8 x 32 tokens): float32,
+    iteration-limited, no wall-clock schedule, no eval."""
     cfg = get_preset("test-tiny")
     cfg.data.dataset_dir = str(shard_dir)
+    cfg.train.train_batch_tokens, cfg.train.train_seq_len, cfg.train.grad_accum_steps = 512, 32, 2
     cfg.train.iterations, cfg.train.warmup_steps, cfg.train.warmdown_iters = iterations, warmup, 2
     cfg.train.max_wallclock_seconds, cfg.train.val_loss_every, cfg.train.dtype = 0.0, 0, "float32"
     return cfg

@@ -66,9 +66,9 @@ def test_warmup_steps_do_not_leak_into_component_state(shard_dir: Path) -> None:
 def test_snapshot_restore_covers_rng_and_loader(shard_dir: Path) -> None:
     trainer = Trainer(tiny_cfg(shard_dir), CPU)
     snap = trainer.snapshot()
-    before = (torch.rand(3), np.random.rand(2), trainer.loader.next_batch(trainer.micro_tokens, 64)[0])
+    before = (torch.rand(3), np.random.rand(2), trainer.loader.next_batch(trainer.micro_tokens, 32)[0])
     trainer.restore(snap)
-    after = (torch.rand(3), np.random.rand(2), trainer.loader.next_batch(trainer.micro_tokens, 64)[0])
+    after = (torch.rand(3), np.random.rand(2), trainer.loader.next_batch(trainer.micro_tokens, 32)[0])
     assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     assert torch.equal(before[2], after[2])
 

@@ -89,7 +89,8 @@ def save_checkpoint(path: Path, state: Any, meta: dict[str, Any]) -> int:
     from safetensors.torch import save
 
     tensors, skeleton = flatten_state(state)
-    header = json.dumps({"format": CHECKPOINT_FORMAT, "meta": meta, "state": skeleton}, sort_keys=True)
+    # Key order is kept: it is part of the state (dict order of state dicts and of component entries).
+    header = json.dumps({"format": CHECKPOINT_FORMAT, "meta": meta, "state": skeleton}, allow_nan=False)
     blob = save(tensors, metadata={_META_KEY: header})
     write_bytes_atomic(path, blob)
     return len(blob)
@@ -154,3 +155,65 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
+
+
+# Fields that name where a run lives, not what it computes: a resumed run may be moved or renamed.
+_PLACE_FIELDS = ("name", "out_dir")
+
+
+def config_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first `section.field` whose value differs between two config dicts (ignoring the run's
+    name and folder), as 'flag: stored -> current'; None when they agree."""
+    # Compare as JSON sees them (a tuple field reads back as a list).
+    stored, current = json.loads(json.dumps(stored)), json.loads(json.dumps(current))
+    keys = sorted((set(stored) | set(current)) - set(_PLACE_FIELDS))
+    for key in keys:
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    return f"{key}.{sub}: {a.get(sub, '(absent)')!r} -> {b.get(sub, '(absent)')!r}"
+        elif a != b:
+            return f"{key}: {a!r} -> {b!r}"
+    return None
+
+
+class Checkpointer:
+    """When and where a run's training state is written: every `every_s` training seconds, by rank 0,
+    into RUN_DIR/checkpoint.safetensors (all ranks hold the same state: see `pgolf.optim.muon`)."""
+
+    def __init__(self, run_dir: Path | None, every_s: float, is_main: bool) -> None:
+        if every_s > 0 and run_dir is None:
+            raise ValueError("checkpoints need a run folder (a RunLogger with a run_dir)")
+        self.path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+        self.every_s = every_s
+        self.is_main = is_main
+        self.last_s = 0.0
+        self.last_step: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_s > 0
+
+    def due(self, train_s: float) -> bool:
+        return self.enabled and train_s - self.last_s >= self.every_s
+
+    def discard_stale(self) -> None:
+        """A fresh run must not leave an older run's checkpoint to be resumed by mistake."""
+        if self.enabled and self.is_main and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def write(self, state: Any, meta: dict[str, Any]) -> int:
+        """Save (rank 0; `state` may be None elsewhere); returns the file's bytes (0 off rank 0)."""
+        size = save_checkpoint(self.path, state, meta) if self.is_main and self.path is not None else 0
+        self.last_s, self.last_step = float(meta["train_seconds"]), int(meta["step"])
+        return size
+
+    def resumed(self, step: int, train_s: float) -> None:
+        self.last_s, self.last_step = train_s, step
+
+    def describe_last(self) -> str:
+        """Where the last good checkpoint is, for error messages."""
+        if self.last_step is None or self.path is None:
+            return "no checkpoint was written (see --train.checkpoint_every_seconds)"
+        return f"the last good checkpoint (step {self.last_step}) is {self.path}"

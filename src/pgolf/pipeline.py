@@ -63,10 +63,11 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -
     return art
 
 
-def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train") -> None:
-    """`pgolf train`: train and export the artifact, no final evaluation."""
+def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train",
+                     resume_from: Path | None = None) -> None:
+    """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
     run_dir, log = start_run(cfg, info, command)
-    result = train(cfg, info, log)
+    result = train(cfg, info, log, resume_from=resume_from)
     if info.is_main:
         export(cfg, result, run_dir, log)
 

@@ -11,6 +11,7 @@ The trainer never sees validation data: periodic evaluation is a callback built 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,9 +24,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import dist
-from pgolf.checkpoint import rng_state, set_rng_state
+from pgolf.checkpoint import (Checkpointer, config_difference, load_checkpoint, read_checkpoint_meta, rng_state,
+                              set_rng_state)
 from pgolf.components import Component, GradientSensitivity, StepEvent, build_components
-from pgolf.config import RunConfig
+from pgolf.config import RunConfig, config_to_dict
 from pgolf.data.loader import build_loader
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, use_bf16
@@ -56,6 +58,8 @@ class TrainResult:
     live_model: GPT | None = None
     export_source: str = "live"
     sensitivity: dict[str, float] | None = None
+    calibration: Any = None
+    calibration_seconds: float = 0.0
 
 
 def local_accum_steps(grad_accum_steps: int, world_size: int) -> int:
@@ -104,7 +108,7 @@ class Trainer:
 
     def schedule(self, step: int, elapsed_s: float) -> SchedulePoint:
         """The schedules at a step (pure in step and training seconds)."""
-        return schedule_at(step, elapsed_s, self.cfg.optim, self.cfg.train, self.cfg.train.max_wallclock_seconds)
+        return schedule_at(step, elapsed_s, self.cfg.optim, self.cfg.train, budget_seconds(self.cfg))
 
     def _micro_step(self, is_last: bool) -> torch.Tensor:
         x, y = self.loader.next_batch(self.micro_tokens, self.cfg.train.train_seq_len)
@@ -206,15 +210,99 @@ def should_stop(train_seconds: float, budget_seconds: float, device: torch.devic
     """Stop when any rank has spent the budget (max over ranks, so all ranks stop on the same step).
 
     The flag lives on the run's device: nccl reduces CUDA tensors only."""
-    flag = torch.tensor([1.0 if budget_seconds > 0 and train_seconds >= budget_seconds else 0.0], device=device)
-    return bool(dist.all_reduce_max_(flag).item() > 0)
+    return sync_flags(budget_seconds > 0 and train_seconds >= budget_seconds, False, device)[0]
+
+
+def sync_flags(stop: bool, save: bool, device: torch.device) -> tuple[bool, bool]:
+    """(stop, checkpoint) agreed by all ranks in one all-reduce (max: any rank's yes wins), on the run's device."""
+    flags = torch.tensor([float(stop), float(save)], device=device)
+    dist.all_reduce_max_(flags)
+    return bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+
+
+def budget_seconds(cfg: RunConfig) -> float:
+    """Seconds the training loop may run: the wall-clock budget less the calibration reserve (0: no budget)."""
+    tc = cfg.train
+    return tc.max_wallclock_seconds - tc.calibration_reserve_seconds if tc.max_wallclock_seconds > 0 else 0.0
+
+
+CalibrationFn = Callable[[GPT, Trainer], Any]
+"""Run after the training loop inside the budget (e.g. GPTQ statistics on training batches): receives
+the model to export and the Trainer (its loader continues the training stream); its result is returned
+as `TrainResult.calibration` and its seconds are added to the training seconds."""
 
 
 def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None,
-          trainer: Trainer | None = None) -> TrainResult:
-    """Train `cfg.model` on the shards in `cfg.dataset_dir` within `cfg.train`'s budget."""
+          trainer: Trainer | None = None, *, resume_from: Path | None = None,
+          calibrate: CalibrationFn | None = None) -> TrainResult:
+    """Train `cfg.model` on the shards in `cfg.dataset_dir` within `cfg.train`'s budget.
+
+    `resume_from`: a checkpoint file to continue from (same config). `calibrate`: see `CalibrationFn`.
+    Checkpoints go to the logger's run folder every `train.checkpoint_every_seconds`. A non-finite loss
+    stops the run with a UserError naming the step (the last checkpoint stays as it was)."""
     tc = cfg.train
     trainer = trainer or Trainer(cfg, info)
+    num_params = _log_setup(cfg, info, trainer, log)
+    run_warmup(trainer, tc.warmup_steps, log)
+    checkpoints = Checkpointer(log.run_dir, tc.checkpoint_every_seconds, info.is_main)
+    train_s, step = 0.0, 0
+    if resume_from is not None:
+        step, train_s = resume(trainer, resume_from, cfg, log)
+        checkpoints.resumed(step, train_s)
+    else:
+        checkpoints.discard_stale()
+    budget = budget_seconds(cfg)
+    loss, stopped_by, loop_s = float("nan"), "iterations", 0.0
+    log.start_progress(tc.iterations - step, "train")
+    try:
+        while step < tc.iterations:
+            if eval_callback is not None and tc.val_loss_every > 0 and step > 0 and step % tc.val_loss_every == 0:
+                _periodic_eval(trainer, eval_callback, step, train_s, log)
+            point = trainer.schedule(step, train_s)
+            t0 = time.perf_counter()
+            loss = trainer.step(step, point, train_s)
+            _sync(info.device)
+            step_s = time.perf_counter() - t0
+            train_s, loop_s, step = train_s + step_s, loop_s + step_s, step + 1
+            if not math.isfinite(loss):
+                raise UserError(f"training loss is {loss} at step {step}; stopped ({checkpoints.describe_last()}); "
+                                f"lower the learning rates or enable --optim.grad_clip_norm")
+            _log_step(log, cfg, step, loss, point.lr_mul, step_s, train_s)
+            stop, save = sync_flags(budget > 0 and train_s >= budget, checkpoints.due(train_s), info.device)
+            if save:
+                train_s += _write_checkpoint(trainer, checkpoints, cfg, step, train_s, log)
+            if stop:
+                stopped_by = "wallclock"
+                break
+    except KeyboardInterrupt:
+        # Keep what was trained: the caller still exports and evaluates it.
+        stopped_by = "interrupted"
+        log.line(f"interrupted at step {step}; continuing with the model as trained so far")
+    finally:
+        log.close_progress()
+    source, export_model = trainer.export_model()
+    if source != "live":
+        log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
+    calibration, calibration_s = _run_calibration(calibrate, export_model, trainer, train_s, log)
+    tokens = step * tc.train_batch_tokens
+    result = TrainResult(
+        model=export_model, live_model=trainer.model, export_source=source, steps=step,
+        train_seconds=train_s + calibration_s, tokens_seen=tokens, tokens_per_second=tokens / max(train_s, 1e-9),
+        final_train_loss=loss, peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params,
+        stopped_by=stopped_by, sensitivity=_sensitivity(trainer, log), calibration=calibration,
+        calibration_seconds=calibration_s,
+    )
+    log.line(f"training stopped by {stopped_by} after {step} steps, {result.train_seconds:.1f} s, "
+             f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
+    log.metrics("train_done", steps=step, train_seconds=result.train_seconds, tokens=tokens,
+                tokens_per_second=result.tokens_per_second, final_train_loss=loss, stopped_by=stopped_by,
+                peak_memory_bytes=result.peak_memory_bytes, calibration_seconds=calibration_s)
+    return result
+
+
+def _log_setup(cfg: RunConfig, info: DistInfo, trainer: Trainer, log: RunLogger) -> int:
+    """The run's model, optimiser groups, components and batch geometry in the log; returns the parameter count."""
+    tc = cfg.train
     num_params = count_parameters(trainer.model)
     log.line(f"model {num_params:,} parameters | {cfg.model.num_layers}x{cfg.model.model_dim} | "
              f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
@@ -225,48 +313,61 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     log.line(f"batch {tc.train_batch_tokens:,} tokens/step = {info.world_size} ranks x {trainer.accum} micro x "
              f"{trainer.micro_tokens // tc.train_seq_len} seqs x {tc.train_seq_len}")
     log.metrics("model", num_parameters=num_params, optimizer_groups=describe_groups(trainer.optimizers))
-    run_warmup(trainer, tc.warmup_steps, log)
+    return num_params
 
-    train_s, step, loss, stopped_by = 0.0, 0, float("nan"), "iterations"
-    log.start_progress(tc.iterations, "train")
-    try:
-        while step < tc.iterations:
-            if eval_callback is not None and tc.val_loss_every > 0 and step > 0 and step % tc.val_loss_every == 0:
-                _periodic_eval(trainer, eval_callback, step, train_s, log)
-            point = trainer.schedule(step, train_s)
-            mul = point.lr_mul
-            t0 = time.perf_counter()
-            loss = trainer.step(step, point, train_s)
-            _sync(info.device)
-            step_s = time.perf_counter() - t0
-            train_s += step_s
-            step += 1
-            _log_step(log, cfg, step, loss, mul, step_s, train_s)
-            if should_stop(train_s, tc.max_wallclock_seconds, info.device):
-                stopped_by = "wallclock"
-                break
-    except KeyboardInterrupt:
-        # Keep what was trained: the caller still exports and evaluates it.
-        stopped_by = "interrupted"
-        log.line(f"interrupted at step {step}; continuing with the model as trained so far")
-    finally:
-        log.close_progress()
-    tokens = step * tc.train_batch_tokens
-    source, export_model = trainer.export_model()
-    result = TrainResult(
-        model=export_model, live_model=trainer.model, export_source=source, steps=step, train_seconds=train_s, tokens_seen=tokens,
-        tokens_per_second=tokens / max(train_s, 1e-9), final_train_loss=loss,
-        peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params, stopped_by=stopped_by,
-    )
-    if source != "live":
-        log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
-    result.sensitivity = _sensitivity(trainer, log)
-    log.line(f"training stopped by {stopped_by} after {step} steps, {train_s:.1f} s, "
-             f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
-    log.metrics("train_done", steps=step, train_seconds=train_s, tokens=tokens,
-                tokens_per_second=result.tokens_per_second, final_train_loss=loss, stopped_by=stopped_by,
-                peak_memory_bytes=result.peak_memory_bytes)
-    return result
+
+def resume(trainer: Trainer, path: Path, cfg: RunConfig, log: RunLogger) -> tuple[int, float]:
+    """Load a checkpoint into the trainer after checking it was written with the same config; returns
+    (steps done, training seconds spent)."""
+    meta = read_checkpoint_meta(path)
+    diff = config_difference(meta["config"], config_to_dict(cfg))
+    if diff is not None:
+        raise UserError(f"checkpoint {path} was written with another config ({diff}); resume with the same "
+                        f"settings or start a new run with another --name")
+    state, meta = load_checkpoint(path)
+    trainer.load_state_dict(state)
+    step, train_s = int(meta["step"]), float(meta["train_seconds"])
+    log.line(f"resumed from {path} at step {step}, {train_s:.1f} s of training")
+    log.metrics("resume", step=step, train_seconds=train_s, checkpoint=str(path))
+    return step, train_s
+
+
+def _write_checkpoint(trainer: Trainer, checkpoints: Checkpointer, cfg: RunConfig, step: int, train_s: float,
+                      log: RunLogger) -> float:
+    """Write the training state (rank 0) and wait for it on every rank; returns the seconds it took, which
+    count as training time (the budget is wall-clock)."""
+    t0 = time.perf_counter()
+    if not all_finite(trainer.model):
+        raise UserError(f"the weights are not finite after step {step}; stopped without overwriting the "
+                        f"checkpoint ({checkpoints.describe_last()}); lower the learning rates")
+    meta = {"step": step, "train_seconds": train_s, "config": config_to_dict(cfg),
+            "world_size": trainer.info.world_size, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    size = checkpoints.write(trainer.state_dict() if trainer.info.is_main else None, meta)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    log.metrics("checkpoint", step=step, train_seconds=train_s, bytes=size, write_seconds=seconds)
+    return seconds
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one device reduction and one host sync)."""
+    flags = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
+    return bool(flags.all().item())
+
+
+def _run_calibration(calibrate: CalibrationFn | None, model: GPT, trainer: Trainer, train_s: float,
+                     log: RunLogger) -> tuple[Any, float]:
+    """Run the caller's calibration after the loop; its seconds count as training time."""
+    if calibrate is None:
+        return None, 0.0
+    t0 = time.perf_counter()
+    value = calibrate(model, trainer)
+    _sync(trainer.info.device)
+    seconds = time.perf_counter() - t0
+    log.line(f"calibration {seconds:.1f} s (inside the training budget: {train_s:.1f} + {seconds:.1f} = "
+             f"{train_s + seconds:.1f} s)")
+    log.metrics("calibration", seconds=seconds, train_seconds=train_s + seconds)
+    return value, seconds
 
 
 def _sensitivity(trainer: Trainer, log: RunLogger) -> dict[str, float] | None:
