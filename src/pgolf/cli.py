@@ -168,7 +168,14 @@ def cmd_train(args: list[str]) -> int:
     from pgolf.pipeline import train_and_export
 
     resume_dir, args = split_resume(args)
-    if resume_dir is not None and not wants_help(args):
+    if wants_help(args):
+        preset, _ = split_preset(args)
+        print_config_help("usage: pgolf train --preset NAME [--section.field VALUE ...]\n"
+                          "       pgolf train --resume RUN_DIR   (continue from RUN_DIR/checkpoint.safetensors with its "
+                          "stored config;\n       checkpoints are written when --train.checkpoint_every_seconds > 0)",
+                          get_preset(preset or DEFAULT_PRESET))
+        return 0
+    if resume_dir is not None:
         cfg, checkpoint = resume_config(resume_dir, args)
     else:
         cfg, checkpoint = config_from_args(args, "pgolf train"), None
