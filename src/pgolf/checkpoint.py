@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +88,14 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(path: Path, state: Any, meta: dict[str, Any]) -> int:
     """Write `state` and the JSON `meta` (step, seconds, config...) to one file atomically; returns its bytes."""
+    tensors, skeleton = flatten_state(state)
+    return write_flat_checkpoint(path, tensors, skeleton, meta)
+
+
+def write_flat_checkpoint(path: Path, tensors: dict[str, torch.Tensor], skeleton: Any, meta: dict[str, Any]) -> int:
+    """Write a state already split by `flatten_state` (host tensors; safe to run in a background thread)."""
     from safetensors.torch import save
 
-    tensors, skeleton = flatten_state(state)
     # Key order is kept: it is part of the state (dict order of state dicts and of component entries).
     header = json.dumps({"format": CHECKPOINT_FORMAT, "meta": meta, "state": skeleton}, allow_nan=False)
     blob = save(tensors, metadata={_META_KEY: header})
@@ -180,7 +187,11 @@ def config_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | 
 
 class Checkpointer:
     """When and where a run's training state is written: every `every_s` training seconds, by rank 0,
-    into RUN_DIR/checkpoint.safetensors (all ranks hold the same state: see `pgolf.optim.muon`)."""
+    into RUN_DIR/checkpoint.safetensors (all ranks hold the same state: see `pgolf.optim.muon`).
+
+    Only the copy of the state to the host stalls training; serialising and writing the file (and its
+    fsync) run in a background thread, one write at a time. A crash mid-write leaves the previous
+    checkpoint in place (the file is renamed into place only once complete)."""
 
     def __init__(self, run_dir: Path | None, every_s: float, is_main: bool) -> None:
         if every_s > 0 and run_dir is None:
@@ -189,7 +200,9 @@ class Checkpointer:
         self.every_s = every_s
         self.is_main = is_main
         self.last_s = 0.0
-        self.last_step: int | None = None
+        self.last_step: int | None = None  # the last checkpoint known to be complete on disk
+        self._thread: threading.Thread | None = None
+        self._outcome: dict[str, Any] = {}
 
     @property
     def enabled(self) -> bool:
@@ -203,11 +216,40 @@ class Checkpointer:
         if self.enabled and self.is_main and self.path is not None:
             self.path.unlink(missing_ok=True)
 
-    def write(self, state: Any, meta: dict[str, Any]) -> int:
-        """Save (rank 0; `state` may be None elsewhere); returns the file's bytes (0 off rank 0)."""
-        size = save_checkpoint(self.path, state, meta) if self.is_main and self.path is not None else 0
-        self.last_s, self.last_step = float(meta["train_seconds"]), int(meta["step"])
-        return size
+    def write(self, state: Any, meta: dict[str, Any]) -> None:
+        """Copy `state` to the host now and write it in the background (rank 0; `state` may be None
+        elsewhere). Waits for the previous write first."""
+        self.wait()
+        self.last_s = float(meta["train_seconds"])
+        if not (self.is_main and self.path is not None):
+            self.last_step = int(meta["step"])
+            return
+        tensors, skeleton = flatten_state(state)
+        self._outcome = {"step": int(meta["step"])}
+        self._thread = threading.Thread(target=self._write, args=(tensors, skeleton, meta), daemon=True,
+                                        name="pgolf-checkpoint")
+        self._thread.start()
+
+    def _write(self, tensors: dict[str, torch.Tensor], skeleton: Any, meta: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._outcome["bytes"] = write_flat_checkpoint(self.path, tensors, skeleton, meta)
+        except BaseException as exc:  # reported by wait() on the training thread
+            self._outcome["error"] = exc
+        self._outcome["write_seconds"] = time.perf_counter() - t0
+
+    def wait(self) -> dict[str, Any] | None:
+        """Finish the write in flight; returns what it wrote ({step, bytes, write_seconds}) or None."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread = None
+        outcome, self._outcome = self._outcome, {}
+        if "error" in outcome:
+            raise UserError(f"writing checkpoint {self.path} failed ({outcome['error']}); "
+                            f"{self.describe_last()}")
+        self.last_step = outcome["step"]
+        return outcome
 
     def resumed(self, step: int, train_s: float) -> None:
         self.last_s, self.last_step = train_s, step

@@ -265,6 +265,7 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
             step_s = time.perf_counter() - t0
             train_s, loop_s, step = train_s + step_s, loop_s + step_s, step + 1
             if not math.isfinite(loss):
+                _log_written(checkpoints.wait(), log)  # so the message names the newest complete checkpoint
                 raise UserError(f"training loss is {loss} at step {step}; stopped ({checkpoints.describe_last()}); "
                                 f"lower the learning rates or enable --optim.grad_clip_norm")
             _log_step(log, cfg, step, loss, point.lr_mul, step_s, train_s)
@@ -280,6 +281,7 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
         log.line(f"interrupted at step {step}; continuing with the model as trained so far")
     finally:
         log.close_progress()
+        _log_written(checkpoints.wait(), log)
     source, export_model = trainer.export_model()
     if source != "live":
         log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
@@ -334,19 +336,27 @@ def resume(trainer: Trainer, path: Path, cfg: RunConfig, log: RunLogger) -> tupl
 
 def _write_checkpoint(trainer: Trainer, checkpoints: Checkpointer, cfg: RunConfig, step: int, train_s: float,
                       log: RunLogger) -> float:
-    """Write the training state (rank 0) and wait for it on every rank; returns the seconds it took, which
-    count as training time (the budget is wall-clock)."""
+    """Start writing the training state (rank 0) and wait on every rank until its host copy is taken;
+    returns the seconds training stalled, which count as training time (the budget is wall-clock)."""
     t0 = time.perf_counter()
     if not all_finite(trainer.model):
+        _log_written(checkpoints.wait(), log)
         raise UserError(f"the weights are not finite after step {step}; stopped without overwriting the "
                         f"checkpoint ({checkpoints.describe_last()}); lower the learning rates")
+    _log_written(checkpoints.wait(), log)
     meta = {"step": step, "train_seconds": train_s, "config": config_to_dict(cfg),
             "world_size": trainer.info.world_size, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    size = checkpoints.write(trainer.state_dict() if trainer.info.is_main else None, meta)
+    checkpoints.write(trainer.state_dict() if trainer.info.is_main else None, meta)
     dist.barrier()
     seconds = time.perf_counter() - t0
-    log.metrics("checkpoint", step=step, train_seconds=train_s, bytes=size, write_seconds=seconds)
+    log.metrics("checkpoint", step=step, train_seconds=train_s, stall_seconds=seconds)
     return seconds
+
+
+def _log_written(outcome: dict[str, Any] | None, log: RunLogger) -> None:
+    """Record a finished background checkpoint write."""
+    if outcome:
+        log.metrics("checkpoint_written", **outcome)
 
 
 def all_finite(model: nn.Module) -> bool:
