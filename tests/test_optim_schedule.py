@@ -102,3 +102,30 @@ def test_zero_decay_touches_nothing() -> None:
         q.grad = torch.ones_like(q)
     decay_weights_(optimizers)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("flags,names", [
+    (["--optim.muon_batched", "true"], "optim.muon_batched"),
+    (["--optim.muon_ns_coeffs", "polar_express", "--optim.muon_backend_steps", "6"], "optim.muon_backend_steps"),
+    (["--optim.lr_warmup_steps", "5", "--optim.lr_warmup_frac", "0.1"], "optim.lr_warmup_steps"),
+    (["--optim.wd_taper_start_frac", "1.5"], "optim.wd_taper_start_frac"),
+    (["--train.ema_decay", "1.0"], "train.ema_decay"),
+    (["--train.warmdown_frac", "-0.1"], "train.warmdown_frac"),
+    (["--train.calibration_reserve_seconds", "60"], "train.calibration_reserve_seconds"),
+    (["--train.data_order", "random"], "train.data_order"),
+])
+def test_new_fields_are_validated_naming_the_flag(flags: list[str], names: str) -> None:
+    from pgolf.config import ConfigError
+    from pgolf.flags import apply_overrides
+    from pgolf.presets import get_preset
+
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        apply_overrides(get_preset("test-tiny"), flags)
+
+
+def test_every_technique_is_off_by_default() -> None:
+    o, t = OptimConfig(), TrainConfig()
+    assert (o.muon_ns_coeffs, o.muon_row_normalize, o.muon_sharded, o.muon_batched) == ("classic", False, False, False)
+    assert (o.muon_wd, o.embed_wd, o.adam_wd, o.lr_warmup_steps, o.lr_warmup_frac, o.min_lr_frac) == (0, 0, 0, 0, 0, 0)
+    assert (t.warmdown_frac, t.ema_decay, t.swa_every, t.sensitivity_frac, t.checkpoint_every_seconds,
+            t.calibration_reserve_seconds, t.data_order) == (0, 0, 0, 0, 0, 0, "challenge")

@@ -3,9 +3,15 @@
 Follows the challenge baseline (openai/parameter-golf `train_gpt.py`): the global batch is fixed and
 world size folds into gradient accumulation; the wall-clock budget counts only training steps
 (evaluation pauses and the compile/priming warm-up are excluded, and warm-up steps are undone);
-the LR warms down linearly to zero over the time the last `warmdown_iters` steps should take.
+the LR warms down linearly to zero over the time the last `warmdown_iters` steps should take
+(`pgolf.optim.schedule` holds the records' alternatives).
 
-The trainer never sees validation data: periodic evaluation is a callback built by the caller.
+Beside the model and optimisers the Trainer owns training components (`pgolf.components`: weight
+averages, statistics, switches) and treats all of it as one state, which the warm-up undo restores
+and the checkpoints (`pgolf.checkpoint`) save, so a run killed at any point resumes bit-exactly.
+The loop may stop `train.calibration_reserve_seconds` early and run a caller's calibration inside
+the budget. The trainer never sees validation data: periodic evaluation is a callback built by the
+caller.
 """
 
 from __future__ import annotations
@@ -252,7 +258,7 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     else:
         checkpoints.discard_stale()
     budget = budget_seconds(cfg)
-    loss, stopped_by, loop_s = float("nan"), "iterations", 0.0
+    loss, stopped_by = float("nan"), "iterations"
     log.start_progress(tc.iterations - step, "train")
     try:
         while step < tc.iterations:
@@ -263,7 +269,7 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
             loss = trainer.step(step, point, train_s)
             _sync(info.device)
             step_s = time.perf_counter() - t0
-            train_s, loop_s, step = train_s + step_s, loop_s + step_s, step + 1
+            train_s, step = train_s + step_s, step + 1
             if not math.isfinite(loss):
                 _log_written(checkpoints.wait(), log)  # so the message names the newest complete checkpoint
                 raise UserError(f"training loss is {loss} at step {step}; stopped ({checkpoints.describe_last()}); "
