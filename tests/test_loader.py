@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.loader import DistributedTokenLoader, TokenStream
+from pgolf.data.loader import DistributedTokenLoader, ShuffledSequenceLoader, TokenStream, build_loader
 from pgolf.data.shards import shard_name, write_shard
 from pgolf.errors import UserError
 
@@ -115,3 +115,85 @@ def test_resume_with_other_shards_is_refused(tmp_path: Path) -> None:
     state["shards"][0] = "fineweb_train_000099.bin"
     with pytest.raises(UserError, match="fineweb_train_000099.bin"):
         DistributedTokenLoader(paths, rank=0, world_size=1).load_state_dict(state)
+
+
+def shuffled(paths: list[Path], seed: int = 7, rank: int = 0, world: int = 1, seq: int = 4) -> ShuffledSequenceLoader:
+    return ShuffledSequenceLoader(paths, rank=rank, world_size=world, seed=seed, seq_len=seq)
+
+
+def starts_of(x: torch.Tensor) -> list[int]:
+    """First token of each sequence: with consecutive-integer shards, where the sequence starts."""
+    return x[:, 0].tolist()
+
+
+def test_shuffled_covers_every_sequence_once_per_epoch_on_one_shard(tmp_path: Path) -> None:
+    paths, _ = make_shards(tmp_path, [203])
+    loader = shuffled(paths)
+    span, n = 5, len(loader._order)
+    phase = loader._phases[0]
+    assert n == (203 - phase) // span and 0 <= phase < span
+    seen = [s for _ in range(n) for s in starts_of(loader.next_batch(4, 4)[0])]
+    assert sorted(seen) == [phase + k * span for k in range(n)]  # each sequence exactly once
+    assert seen != sorted(seen)  # and not in file order
+    x, y = shuffled(paths).next_batch(8, 4)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)  # targets shifted by one
+
+
+def test_shuffled_epochs_redraw_and_seeds_are_deterministic(tmp_path: Path) -> None:
+    paths, _ = make_shards(tmp_path, [120, 75, 64])
+
+    def epoch_starts(seed: int, epochs: int) -> list[list[int]]:
+        """Sequence starts grouped by the epoch they came from, one sequence per batch."""
+        loader = shuffled(paths, seed=seed)
+        out: list[list[int]] = [[] for _ in range(epochs)]
+        while True:
+            start = starts_of(loader.next_batch(4, 4)[0])[0]
+            if loader.epoch == epochs:
+                return out
+            out[loader.epoch].append(start)
+
+    first = epoch_starts(3, 2)
+    assert first == epoch_starts(3, 2)
+    assert first != epoch_starts(4, 2)
+    for starts in first:
+        assert len(starts) == len(set(starts))  # once per epoch, drawn from all three shards
+        assert {s < 120 for s in starts} == {True, False} and any(s >= 195 for s in starts)
+    assert first[0] != first[1]
+
+
+def test_shuffled_ranks_are_disjoint_and_match_one_process(tmp_path: Path) -> None:
+    paths, _ = make_shards(tmp_path, [150, 90])
+    single = shuffled(paths)
+    ranks = [shuffled(paths, rank=r, world=2) for r in range(2)]
+    for _ in range(12):  # several epochs of 48 sequences
+        one = [starts_of(single.next_batch(8, 4)[0]) for _ in range(2)]
+        two = [starts_of(loader.next_batch(8, 4)[0]) for loader in ranks]
+        assert one == two  # rank r's batch is the r-th micro-batch of one process
+        assert not set(two[0]) & set(two[1])
+        assert ranks[0].state_dict() == ranks[1].state_dict() == single.state_dict()
+
+
+def test_shuffled_resumes_exactly_across_epochs(tmp_path: Path) -> None:
+    paths, _ = make_shards(tmp_path, [97, 61])
+    loader = shuffled(paths, rank=1, world=2)
+    for _ in range(5):
+        loader.next_batch(12, 4)
+    state = json.loads(json.dumps(loader.state_dict()))
+    expected = [loader.next_batch(12, 4) for _ in range(9)]  # crosses an epoch boundary
+    assert loader.state_dict()["epoch"] > state["epoch"]
+    resumed = shuffled(paths, seed=99, rank=1, world=2)
+    resumed.load_state_dict(state)
+    for (x, y), (xr, yr) in zip(expected, (resumed.next_batch(12, 4) for _ in range(9))):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+    other, _ = make_shards(tmp_path / "other", [97, 62])
+    with pytest.raises(UserError, match="same dataset"):
+        shuffled(other).load_state_dict(state)
+
+
+def test_build_loader_picks_the_order(tmp_path: Path) -> None:
+    paths, _ = make_shards(tmp_path, [100])
+    kw = dict(seed=1, rank=0, world_size=1, seq_len=4)
+    assert isinstance(build_loader(paths, data_order="shuffled", **kw), ShuffledSequenceLoader)
+    challenge = build_loader(paths, data_order="challenge", **kw)
+    assert isinstance(challenge, DistributedTokenLoader) and challenge.seed is None
+    assert build_loader(paths, data_order="seeded", **kw).seed == 1

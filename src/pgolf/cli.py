@@ -2,6 +2,7 @@
 
     pgolf prepare  [--preset P] [--prepare.* --data.*]   embedded corpus -> tokenizer -> shards
     pgolf train    [--preset P] [overrides]              train and export the artifact (no final eval)
+    pgolf train    --resume RUN_DIR                      continue a run from its checkpoint, then export
     pgolf eval ARTIFACT [--data.* --eval.*]              score an artifact (roundtrip from disk)
     pgolf run      --preset P [overrides]                every stage, then a summary
     pgolf bundle   --preset P [-o train_gpt.py]          the single-file script whose size is the counted code
@@ -98,12 +99,66 @@ def cmd_prepare(args: list[str]) -> int:
     return 0
 
 
+def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
+    """Pull `--resume RUN_DIR` (or `--resume=RUN_DIR`) out of the argument list."""
+    rest: list[str] = []
+    run_dir = None
+    i = 0
+    while i < len(args):
+        if args[i] == "--resume":
+            if i + 1 >= len(args):
+                raise UserError("--resume needs the run folder: pgolf train --resume runs/NAME")
+            run_dir, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--resume="):
+            run_dir = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return run_dir, rest
+
+
+def resume_config(run_dir: str, args: list[str]) -> tuple[RunConfig, Path]:
+    """The config to continue a run with: the checkpoint's own, or --preset/flags that must agree with it;
+    returns it with the checkpoint's path. A changed setting is refused in one line."""
+    from pgolf.checkpoint import CHECKPOINT_NAME, config_difference, read_checkpoint_meta
+    from pgolf.config import config_to_dict, run_config_from_dict
+
+    folder = Path(run_dir)
+    path = folder / CHECKPOINT_NAME
+    meta = read_checkpoint_meta(path)
+    try:
+        stored = run_config_from_dict(meta.get("config"))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"the config stored in {path} cannot be read ({exc}); it was written by another pgolf "
+                        f"version") from None
+    preset, rest = split_preset(args)
+    cfg = parse_config(rest, get_preset(preset) if preset else stored, "pgolf train --resume")
+    cfg.run_id, cfg.out_dir = folder.name, str(folder.parent)
+    diff = config_difference(meta["config"], config_to_dict(cfg))
+    if diff is not None:
+        raise UserError(f"{folder} was trained with another setting ({diff}); a resumed run keeps its config: "
+                        f"drop the flag, or start a new run with another --name")
+    return cfg, path
+
+
 def cmd_train(args: list[str]) -> int:
-    """Train a preset (with overrides) and export its artifact; no final evaluation."""
+    """Train a preset (with overrides) and export its artifact, or continue a run (`--resume RUN_DIR`)."""
     from pgolf import dist
     from pgolf.pipeline import train_and_export
 
-    cfg = config_from_args(args, "pgolf train")
+    resume_dir, args = split_resume(args)
+    if wants_help(args):
+        preset, _ = split_preset(args)
+        print_config_help("usage: pgolf train --preset NAME [--section.field VALUE ...]\n"
+                          "       pgolf train --resume RUN_DIR   (continue from RUN_DIR/checkpoint.safetensors with its "
+                          "stored config;\n       checkpoints are written when --train.checkpoint_every_seconds > 0)",
+                          get_preset(preset or DEFAULT_PRESET))
+        return 0
+    if resume_dir is not None:
+        cfg, checkpoint = resume_config(resume_dir, args)
+    else:
+        cfg, checkpoint = config_from_args(args, "pgolf train"), None
     if cfg is None:
         return 0
     from pgolf.main import ensure_data
@@ -112,7 +167,8 @@ def cmd_train(args: list[str]) -> int:
     info = _init_dist()
     try:
         ensure_data(cfg, info, prepare)
-        train_and_export(cfg, info, command="pgolf train " + shlex.join(args))
+        command = "pgolf train " + shlex.join((["--resume", resume_dir] if resume_dir else []) + args)
+        train_and_export(cfg, info, command=command, resume_from=checkpoint)
     finally:
         dist.shutdown()
     return 0

@@ -240,13 +240,54 @@ class OptimConfig:
     """Global gradient-norm clip; 0 disables."""
     muon_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Dtype of the Newton-Schulz iteration; `auto` as train.dtype (bfloat16 where it is native)."""
+    muon_ns_coeffs: Literal["classic", "polar_express"] = "classic"
+    """Newton-Schulz coefficients: the classic quintic (3.4445, -4.7750, 2.0315) every step, or Polar
+    Express's per-iteration set (at most 5 steps)."""
+    muon_row_normalize: bool = False
+    """MuonEq-R: divide each row of the Nesterov momentum by its L2 norm before Newton-Schulz."""
+    muon_sharded: bool = False
+    """Sharded Muon: ranks orthogonalise contiguous shares of same-shape matrices and all-gather the
+    results asynchronously (overlapping the next shape's work); off = the baseline's round robin."""
+    muon_batched: bool = False
+    """Run Newton-Schulz over each rank's same-shape matrices as one batched (bmm) iteration; needs
+    optim.muon_sharded."""
+    muon_wd: float = 0.0
+    """Decoupled weight decay of Muon matrices: p *= 1 - lr * wd before each update."""
+    embed_wd: float = 0.0
+    """Decoupled weight decay of the token embedding and side tables (Adam)."""
+    adam_wd: float = 0.0
+    """Decoupled weight decay of the other Adam groups (control tensors, gates, untied head)."""
+    wd_taper_start_frac: float = 1.0
+    """Training progress after which weight decay tapers linearly to wd_taper_final x; 1 = no taper."""
+    wd_taper_final: float = 1.0
+    """Weight-decay multiplier reached at the end of training by the taper."""
+    lr_warmup_steps: int = 0
+    """LR warm-up: the multiplier rises linearly over the first N steps ((step+1)/N); 0 = none."""
+    lr_warmup_frac: float = 0.0
+    """LR warm-up over this fraction of training progress (min(1, progress/frac)); 0 = none."""
+    min_lr_frac: float = 0.0
+    """Floor of the warm-down: the LR multiplier never falls below this (records: 0.1)."""
 
     def validate(self) -> None:
         for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr"):
             _require(getattr(self, name) >= 0, f"optim.{name}={getattr(self, name)} must be >= 0")
         _require(0 <= self.muon_momentum < 1, f"optim.muon_momentum={self.muon_momentum} must be in [0, 1)")
         _require(self.muon_backend_steps >= 1, f"optim.muon_backend_steps={self.muon_backend_steps} must be >= 1")
+        _require(self.muon_ns_coeffs != "polar_express" or self.muon_backend_steps <= 5,
+                 f"optim.muon_backend_steps={self.muon_backend_steps} must be <= 5 with optim.muon_ns_coeffs="
+                 "polar_express (it has 5 per-iteration coefficient sets)")
+        _require(self.muon_sharded or not self.muon_batched,
+                 "optim.muon_batched needs optim.muon_sharded true (batching works on each rank's share)")
         _require(self.grad_clip_norm >= 0, f"optim.grad_clip_norm={self.grad_clip_norm} must be >= 0")
+        for name in ("muon_wd", "embed_wd", "adam_wd", "wd_taper_final"):
+            _require(getattr(self, name) >= 0, f"optim.{name}={getattr(self, name)} must be >= 0")
+        _require(0 <= self.wd_taper_start_frac <= 1,
+                 f"optim.wd_taper_start_frac={self.wd_taper_start_frac} must be in [0, 1]")
+        _require(self.lr_warmup_steps >= 0, f"optim.lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        _require(0 <= self.lr_warmup_frac < 1, f"optim.lr_warmup_frac={self.lr_warmup_frac} must be in [0, 1)")
+        _require(not (self.lr_warmup_steps and self.lr_warmup_frac),
+                 "set one of optim.lr_warmup_steps and optim.lr_warmup_frac, not both")
+        _require(0 <= self.min_lr_frac <= 1, f"optim.min_lr_frac={self.min_lr_frac} must be in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -263,6 +304,9 @@ class TrainConfig:
     """Maximum optimiser steps (the wall-clock budget usually stops training first)."""
     warmdown_iters: int = 1200
     """LR decays linearly to 0 over the time these last steps are estimated to take."""
+    warmdown_frac: float = 0.0
+    """If > 0, the warm-down instead spans this last fraction of training progress (records: 0.667-0.85)
+    and train.warmdown_iters is ignored."""
     warmup_steps: int = 20
     """Compile/priming steps run before the clock starts, then undone (weights, optimiser, loader)."""
     max_wallclock_seconds: float = 600.0
@@ -272,15 +316,33 @@ class TrainConfig:
     train_log_every: int = 200
     """Write a log line every N steps."""
     seed: int = 1337
-    """Seed of the model init (and of the data order when data_order is `seeded`)."""
-    data_order: Literal["challenge", "seeded"] = "challenge"
+    """Seed of the model init (and of the data order when data_order is `seeded` or `shuffled`)."""
+    data_order: Literal["challenge", "seeded", "shuffled"] = "challenge"
     """`challenge`: shards in name order from token 0, as the baseline reads them; `seeded`: a shard
-    permutation and start offset drawn from the seed."""
+    permutation and start offset drawn from the seed; `shuffled`: whole sequences in a seeded random
+    order, a fresh phase and permutation every epoch, ranks taking disjoint sequences."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Compute dtype of forward passes: bfloat16 autocast (the loss stays fp32) or plain float32; `auto` is
     bfloat16 on CUDA and on CPUs with native bf16 instructions, float32 elsewhere (emulated bf16 is slower)."""
     compile: bool = False
     """torch.compile the model (costs a cold start; worth it for long runs on GPU)."""
+    ema_decay: float = 0.0
+    """EMA of the weights (fp32 shadow, every step): ema = d * ema + (1 - d) * w; exported instead of
+    the live weights. 0 = off (records: 0.997, 0.9965)."""
+    swa_every: int = 0
+    """Tight SWA: add the weights to an average every N steps once the LR multiplier is below
+    train.swa_lr_threshold; exported when no EMA is on. 0 = off."""
+    swa_lr_threshold: float = 0.2
+    """SWA collects only while the LR multiplier is below this."""
+    sensitivity_frac: float = 0.0
+    """Accumulate each parameter tensor's mean squared gradient over this last fraction of the warm-down
+    (saved as sensitivity.json for the quantiser); 0 = off."""
+    checkpoint_every_seconds: float = 0.0
+    """Write the training state to RUN_DIR/checkpoint.safetensors every N training seconds, atomically
+    (resume with `pgolf train --resume RUN_DIR`); 0 = off."""
+    calibration_reserve_seconds: float = 0.0
+    """Stop the training loop this many seconds before the budget (the schedules end there too), so
+    calibration on training data fits inside the budget."""
 
     def validate(self) -> None:
         _require(self.train_seq_len >= 2, f"train.train_seq_len={self.train_seq_len} must be >= 2")
@@ -298,6 +360,18 @@ class TrainConfig:
         _require(0 <= self.seed < 2**63, f"train.seed={self.seed} must be in 0..2^63-1")
         _require(self.val_loss_every >= 0, f"train.val_loss_every={self.val_loss_every} must be >= 0")
         _require(self.train_log_every >= 1, f"train.train_log_every={self.train_log_every} must be >= 1")
+        _require(0 <= self.warmdown_frac <= 1, f"train.warmdown_frac={self.warmdown_frac} must be in [0, 1]")
+        _require(0 <= self.ema_decay < 1, f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        _require(self.swa_every >= 0, f"train.swa_every={self.swa_every} must be >= 0")
+        _require(0 < self.swa_lr_threshold <= 1, f"train.swa_lr_threshold={self.swa_lr_threshold} must be in (0, 1]")
+        _require(0 <= self.sensitivity_frac <= 1, f"train.sensitivity_frac={self.sensitivity_frac} must be in [0, 1]")
+        _require(self.checkpoint_every_seconds >= 0,
+                 f"train.checkpoint_every_seconds={self.checkpoint_every_seconds} must be >= 0")
+        _require(self.calibration_reserve_seconds >= 0,
+                 f"train.calibration_reserve_seconds={self.calibration_reserve_seconds} must be >= 0")
+        _require(self.max_wallclock_seconds == 0 or self.calibration_reserve_seconds < self.max_wallclock_seconds,
+                 f"train.calibration_reserve_seconds={self.calibration_reserve_seconds} must be below "
+                 f"train.max_wallclock_seconds={self.max_wallclock_seconds}")
 
 
 @dataclass(kw_only=True)

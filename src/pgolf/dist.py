@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -123,3 +124,15 @@ def shutdown() -> None:
         if is_active():
             dist.barrier()
         dist.destroy_process_group()
+
+
+def all_gather_async(local: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start gathering every rank's `local` (same shape everywhere) into one tensor stacked along dim 0 in
+    rank order; returns (output, work handle to `wait()` on before reading it). On one process: (local, None)."""
+    if not is_active():
+        return local, None
+    out = torch.empty((dist.get_world_size() * local.shape[0], *local.shape[1:]), dtype=local.dtype,
+                      device=local.device)
+    # torch >= 2.10 names it all_gather_single; older releases (the records' 2.9) all_gather_into_tensor.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return out, gather(out, local.contiguous(), async_op=True)

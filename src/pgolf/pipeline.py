@@ -37,12 +37,13 @@ def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def run_folder(cfg: RunConfig, info: DistInfo) -> Path:
+def run_folder(cfg: RunConfig, info: DistInfo, resume: bool = False) -> Path:
     """This run's own folder: out_dir/run_id, the id drawn on rank 0 when none is given. A folder that
-    already holds a run is refused, so a run never writes beside another run's files."""
+    already holds a run is refused (unless this run resumes it), so a run never writes beside another
+    run's files."""
     run_id = cfg.run_id or dist.broadcast_text(new_run_id(cfg.name) if info.is_main else "", info.device)
     run_dir = Path(cfg.out_dir) / run_id
-    taken = run_dir.is_dir() and any(p.name in RUN_FILES for p in run_dir.iterdir())
+    taken = not resume and run_dir.is_dir() and any(p.name in RUN_FILES for p in run_dir.iterdir())
     dist.barrier()
     if taken:
         raise UserError(f"run folder {run_dir} already holds a run; choose another --run_id (or leave it empty for "
@@ -50,13 +51,13 @@ def run_folder(cfg: RunConfig, info: DistInfo) -> Path:
     return run_dir
 
 
-def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLogger]:
+def start_run(cfg: RunConfig, info: DistInfo, command: str, resume: bool = False) -> tuple[Path, RunLogger]:
     """The run folder and its logger, with the self-describing header already written."""
     cfg.validate()
     if info.is_main:
         for folder in (cfg.out_dir, cfg.dataset_dir, str(Path(cfg.tokenizer_path).parent)):
             remove_orphan_temps(folder)
-    run_dir = run_folder(cfg, info)
+    run_dir = run_folder(cfg, info, resume)
     log = RunLogger(run_dir, is_main=info.is_main)
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),
                           command=command, run_id=run_dir.name))
@@ -71,6 +72,8 @@ def control_names(model: torch.nn.Module) -> list[str]:
 def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
     """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
     save_raw_model(result.model, run_dir / "final_model.safetensors")
+    if result.sensitivity is not None:
+        write_json_atomic(run_dir / "sensitivity.json", result.sensitivity)
     art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(result.model),
                          extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
@@ -78,10 +81,11 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -
     return art
 
 
-def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train") -> None:
-    """`pgolf train`: train and export the artifact, no final evaluation."""
-    run_dir, log = start_run(cfg, info, command)
-    result = train(cfg, info, log)
+def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train",
+                     resume_from: Path | None = None) -> None:
+    """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
+    run_dir, log = start_run(cfg, info, command, resume=resume_from is not None)
+    result = train(cfg, info, log, resume_from=resume_from)
     if info.is_main:
         export(cfg, result, run_dir, log)
 

@@ -3,14 +3,21 @@
 Follows the challenge baseline (openai/parameter-golf `train_gpt.py`): the global batch is fixed and
 world size folds into gradient accumulation; the wall-clock budget counts only training steps
 (evaluation pauses and the compile/priming warm-up are excluded, and warm-up steps are undone);
-the LR warms down linearly to zero over the time the last `warmdown_iters` steps should take.
+the LR warms down linearly to zero over the time the last `warmdown_iters` steps should take
+(`pgolf.optim.schedule` holds the records' alternatives).
 
-The trainer never sees validation data: periodic evaluation is a callback built by the caller.
+Beside the model and optimisers the Trainer owns training components (`pgolf.components`: weight
+averages, statistics, switches) and treats all of it as one state, which the warm-up undo restores
+and the checkpoints (`pgolf.checkpoint`) save, so a run killed at any point resumes bit-exactly.
+The loop may stop `train.calibration_reserve_seconds` early and run a caller's calibration inside
+the budget. The trainer never sees validation data: periodic evaluation is a callback built by the
+caller.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,15 +30,18 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import dist
-from pgolf.config import RunConfig
-from pgolf.data.loader import DistributedTokenLoader
+from pgolf.checkpoint import (Checkpointer, config_difference, load_checkpoint, read_checkpoint_meta, rng_state,
+                              set_rng_state)
+from pgolf.components import Component, GradientSensitivity, StepEvent, build_components
+from pgolf.config import RunConfig, config_to_dict
+from pgolf.data.loader import build_loader
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
-from pgolf.optim.groups import build_optimizers, describe_groups
-from pgolf.optim.schedule import apply_lr, lr_multiplier, muon_momentum_at
+from pgolf.optim.groups import build_optimizers, decay_weights_, describe_groups
+from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
 
 EvalCallback = Callable[[nn.Module, int], dict[str, float]]
@@ -39,7 +49,8 @@ EvalCallback = Callable[[nn.Module, int], dict[str, float]]
 
 @dataclass
 class TrainResult:
-    """What training produced and how fast: the raw (unwrapped) model and the run's counters."""
+    """What training produced and how fast. `model` holds the weights to export (a weight average when
+    one is on, else the live model itself); `live_model` is the trained model as the optimiser left it."""
 
     model: GPT
     steps: int
@@ -50,6 +61,11 @@ class TrainResult:
     peak_memory_bytes: int
     num_parameters: int
     stopped_by: str
+    live_model: GPT | None = None
+    export_source: str = "live"
+    sensitivity: dict[str, float] | None = None
+    calibration: Any = None
+    calibration_seconds: float = 0.0
 
 
 def local_accum_steps(grad_accum_steps: int, world_size: int) -> int:
@@ -66,7 +82,9 @@ def autocast_context(device: torch.device, enabled: bool) -> Any:
 
 
 class Trainer:
-    """Owns the model, its optimisers and the loader; `step()` runs one optimiser step."""
+    """Owns the model, its optimisers, the loader and the training components; `step()` runs one
+    optimiser step. Its whole state (model, optimisers, loader, RNG, components) is one nested dict
+    (`state_dict`), which the warm-up undo and the checkpoints save and restore."""
 
     def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
         self.cfg = cfg
@@ -76,9 +94,10 @@ class Trainer:
         self.accum = local_accum_steps(cfg.train.grad_accum_steps, info.world_size)
         self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
         paths = list_shards(cfg.dataset_dir, "train")
-        data_seed = cfg.train.seed if cfg.train.data_order == "seeded" else None
-        self.loader = DistributedTokenLoader(paths, rank=info.rank, world_size=info.world_size, seed=data_seed)
+        self.loader = build_loader(paths, data_order=cfg.train.data_order, seed=cfg.train.seed, rank=info.rank,
+                                   world_size=info.world_size, seq_len=cfg.train.train_seq_len)
         self.optimizers = build_optimizers(self.model, cfg.optim)
+        self.components: list[Component] = build_components(cfg, self.model)
         wrapped: nn.Module = self.model
         if cfg.train.compile:
             wrapped = torch.compile(wrapped, dynamic=False)
@@ -86,6 +105,16 @@ class Trainer:
             ids = [info.device.index] if info.device.type == "cuda" else None
             wrapped = DistributedDataParallel(wrapped, device_ids=ids, broadcast_buffers=False)
         self.wrapped = wrapped
+
+    def add_component(self, component: Component) -> None:
+        """Append a component (before training starts); names are unique, as checkpoints key by name."""
+        if any(c.name == component.name for c in self.components):
+            raise ValueError(f"a training component named {component.name!r} already exists")
+        self.components.append(component)
+
+    def schedule(self, step: int, elapsed_s: float) -> SchedulePoint:
+        """The schedules at a step (pure in step and training seconds)."""
+        return schedule_at(step, elapsed_s, self.cfg.optim, self.cfg.train, budget_seconds(self.cfg))
 
     def _micro_step(self, is_last: bool) -> torch.Tensor:
         x, y = self.loader.next_batch(self.micro_tokens, self.cfg.train.train_seq_len)
@@ -98,33 +127,75 @@ class Trainer:
             (loss / self.accum).backward()
         return loss.detach()
 
-    def step(self, step: int, lr_mul: float) -> float:
-        """One optimiser step over the global batch; returns the mean training loss over all ranks."""
+    def step(self, step: int, point: SchedulePoint, elapsed_s: float = 0.0) -> float:
+        """One optimiser step over the global batch, then every component's update; returns the mean
+        training loss over all ranks."""
         total = torch.zeros((), device=self.info.device, dtype=torch.float32)
         for i in range(self.accum):
             total += self._micro_step(is_last=i == self.accum - 1).float()
-        apply_lr(self.optimizers, lr_mul, muon_momentum_at(step, self.cfg.optim))
+        apply_lr(self.optimizers, point.lr_mul, point.muon_momentum, point.wd_mul)
         if self.cfg.optim.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
+        decay_weights_(self.optimizers)
         for opt in self.optimizers:
             opt.step()
+        event = StepEvent(step=step + 1, lr_mul=point.lr_mul, warmdown_mul=point.warmdown_mul, frac=point.frac,
+                          elapsed_s=elapsed_s)
+        for component in self.components:
+            component.update(event)  # before zero_grad: components may read the gradients
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         return float(dist.all_reduce_avg_(total / self.accum).item())
 
-    def snapshot(self) -> dict[str, Any]:
-        """Model, optimiser and loader state, to undo the warm-up steps."""
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state, by reference (copy it to keep it)."""
         return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
-            "loader": copy.deepcopy(self.loader.state_dict()),
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(self.info.device),
+            "components": {c.name: c.state_dict() for c in self.components},
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output (tensors may be on the host)."""
+        self.model.load_state_dict(state["model"])
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"state holds {len(state['optimizers'])} optimisers, the trainer {len(self.optimizers)}")
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"], self.info.device)
+        names = [c.name for c in self.components]
+        if sorted(state["components"]) != sorted(names):
+            raise ValueError(f"state holds components {sorted(state['components'])}, the trainer {sorted(names)}")
+        for component in self.components:
+            component.load_state_dict(state["components"][component.name])
+
+    def snapshot(self) -> dict[str, Any]:
+        """A private copy of the whole state, to undo the warm-up steps."""
+        return copy.deepcopy(self.state_dict())
+
     def restore(self, snap: dict[str, Any]) -> None:
-        self.model.load_state_dict(snap["model"])
-        for opt, state in zip(self.optimizers, snap["optimizers"]):
-            opt.load_state_dict(state)
-        self.loader.load_state_dict(snap["loader"])
+        self.load_state_dict(snap)
+
+    def export_weights(self) -> tuple[str, dict[str, torch.Tensor] | None]:
+        """(source, state dict) of the weights to export: the first component that offers them, in list
+        order, else ("live", None) for the live model's own weights."""
+        for component in self.components:
+            state = component.export_state()
+            if state is not None:
+                return component.name, state
+        return "live", None
+
+    def export_model(self) -> tuple[str, GPT]:
+        """(source, model) to export: a copy of the model holding the averaged weights, or the live model."""
+        source, state = self.export_weights()
+        if state is None:
+            return source, self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        return source, model
 
 
 def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
@@ -134,7 +205,7 @@ def run_warmup(trainer: Trainer, num_steps: int, log: RunLogger) -> float:
     t0 = time.perf_counter()
     snap = trainer.snapshot()
     for s in range(num_steps):
-        trainer.step(s, lr_mul=1.0)
+        trainer.step(s, trainer.schedule(s, 0.0))
     trainer.restore(snap)
     seconds = time.perf_counter() - t0
     log.line(f"warmup {num_steps} steps done in {seconds:.1f} s (undone; not counted in the training clock)")
@@ -145,42 +216,69 @@ def should_stop(train_seconds: float, budget_seconds: float, device: torch.devic
     """Stop when any rank has spent the budget (max over ranks, so all ranks stop on the same step).
 
     The flag lives on the run's device: nccl reduces CUDA tensors only."""
-    flag = torch.tensor([1.0 if budget_seconds > 0 and train_seconds >= budget_seconds else 0.0], device=device)
-    return bool(dist.all_reduce_max_(flag).item() > 0)
+    return sync_flags(budget_seconds > 0 and train_seconds >= budget_seconds, False, device)[0]
+
+
+def sync_flags(stop: bool, save: bool, device: torch.device) -> tuple[bool, bool]:
+    """(stop, checkpoint) agreed by all ranks in one all-reduce (max: any rank's yes wins), on the run's device."""
+    flags = torch.tensor([float(stop), float(save)], device=device)
+    dist.all_reduce_max_(flags)
+    return bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+
+
+def budget_seconds(cfg: RunConfig) -> float:
+    """Seconds the training loop may run: the wall-clock budget less the calibration reserve (0: no budget)."""
+    tc = cfg.train
+    return tc.max_wallclock_seconds - tc.calibration_reserve_seconds if tc.max_wallclock_seconds > 0 else 0.0
+
+
+CalibrationFn = Callable[[GPT, Trainer], Any]
+"""Run after the training loop inside the budget (e.g. GPTQ statistics on training batches): receives
+the model to export and the Trainer (its loader continues the training stream); its result is returned
+as `TrainResult.calibration` and its seconds are added to the training seconds."""
 
 
 def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None,
-          trainer: Trainer | None = None) -> TrainResult:
-    """Train `cfg.model` on the shards in `cfg.dataset_dir` within `cfg.train`'s budget."""
+          trainer: Trainer | None = None, *, resume_from: Path | None = None,
+          calibrate: CalibrationFn | None = None) -> TrainResult:
+    """Train `cfg.model` on the shards in `cfg.dataset_dir` within `cfg.train`'s budget.
+
+    `resume_from`: a checkpoint file to continue from (same config). `calibrate`: see `CalibrationFn`.
+    Checkpoints go to the logger's run folder every `train.checkpoint_every_seconds`. A non-finite loss
+    stops the run with a UserError naming the step (the last checkpoint stays as it was)."""
     tc = cfg.train
     trainer = trainer or Trainer(cfg, info)
-    num_params = count_parameters(trainer.model)
-    log.line(f"model {num_params:,} parameters | {cfg.model.num_layers}x{cfg.model.model_dim} | "
-             f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
-    for group in describe_groups(trainer.optimizers):
-        log.line("optim " + " | ".join(f"{k} {v}" for k, v in group.items()))
-    log.line(f"batch {tc.train_batch_tokens:,} tokens/step = {info.world_size} ranks x {trainer.accum} micro x "
-             f"{trainer.micro_tokens // tc.train_seq_len} seqs x {tc.train_seq_len}")
-    log.metrics("model", num_parameters=num_params, optimizer_groups=describe_groups(trainer.optimizers))
+    num_params = _log_setup(cfg, info, trainer, log)
     run_warmup(trainer, tc.warmup_steps, log)
-
-    budget_ms = tc.max_wallclock_seconds * 1000.0
-    train_s, step, loss, stopped_by = 0.0, 0, float("nan"), "iterations"
-    log.start_progress(tc.iterations, "train")
+    checkpoints = Checkpointer(log.run_dir, tc.checkpoint_every_seconds, info.is_main)
+    train_s, step = 0.0, 0
+    if resume_from is not None:
+        step, train_s = resume(trainer, resume_from, cfg, log)
+        checkpoints.resumed(step, train_s)
+    else:
+        checkpoints.discard_stale()
+    budget = budget_seconds(cfg)
+    loss, stopped_by = float("nan"), "iterations"
+    log.start_progress(tc.iterations - step, "train")
     try:
         while step < tc.iterations:
             if eval_callback is not None and tc.val_loss_every > 0 and step > 0 and step % tc.val_loss_every == 0:
                 _periodic_eval(trainer, eval_callback, step, train_s, log)
-            mul = lr_multiplier(step=step, elapsed_ms=train_s * 1000.0, max_wallclock_ms=budget_ms,
-                                warmdown_iters=tc.warmdown_iters, iterations=tc.iterations)
+            point = trainer.schedule(step, train_s)
             t0 = time.perf_counter()
-            loss = trainer.step(step, mul)
+            loss = trainer.step(step, point, train_s)
             _sync(info.device)
             step_s = time.perf_counter() - t0
-            train_s += step_s
-            step += 1
-            _log_step(log, cfg, step, loss, mul, step_s, train_s)
-            if should_stop(train_s, tc.max_wallclock_seconds, info.device):
+            train_s, step = train_s + step_s, step + 1
+            if not math.isfinite(loss):
+                _log_written(checkpoints.wait(), log)  # so the message names the newest complete checkpoint
+                raise UserError(f"training loss is {loss} at step {step}; stopped ({checkpoints.describe_last()}); "
+                                f"lower the learning rates or enable --optim.grad_clip_norm")
+            _log_step(log, cfg, step, loss, point.lr_mul, step_s, train_s)
+            stop, save = sync_flags(budget > 0 and train_s >= budget, checkpoints.due(train_s), info.device)
+            if save:
+                train_s += _write_checkpoint(trainer, checkpoints, cfg, step, train_s, log)
+            if stop:
                 stopped_by = "wallclock"
                 break
     except KeyboardInterrupt:
@@ -189,18 +287,113 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
         log.line(f"interrupted at step {step}; continuing with the model as trained so far")
     finally:
         log.close_progress()
+        _log_written(checkpoints.wait(), log)
+    source, export_model = trainer.export_model()
+    if source != "live":
+        log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
+    calibration, calibration_s = _run_calibration(calibrate, export_model, trainer, train_s, log)
     tokens = step * tc.train_batch_tokens
     result = TrainResult(
-        model=trainer.model, steps=step, train_seconds=train_s, tokens_seen=tokens,
-        tokens_per_second=tokens / max(train_s, 1e-9), final_train_loss=loss,
-        peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params, stopped_by=stopped_by,
+        model=export_model, live_model=trainer.model, export_source=source, steps=step,
+        train_seconds=train_s + calibration_s, tokens_seen=tokens, tokens_per_second=tokens / max(train_s, 1e-9),
+        final_train_loss=loss, peak_memory_bytes=peak_memory_bytes(info.device), num_parameters=num_params,
+        stopped_by=stopped_by, sensitivity=_sensitivity(trainer, log), calibration=calibration,
+        calibration_seconds=calibration_s,
     )
-    log.line(f"training stopped by {stopped_by} after {step} steps, {train_s:.1f} s, "
+    log.line(f"training stopped by {stopped_by} after {step} steps, {result.train_seconds:.1f} s, "
              f"{tokens:,} tokens ({result.tokens_per_second:,.0f} tok/s)")
-    log.metrics("train_done", steps=step, train_seconds=train_s, tokens=tokens,
+    log.metrics("train_done", steps=step, train_seconds=result.train_seconds, tokens=tokens,
                 tokens_per_second=result.tokens_per_second, final_train_loss=loss, stopped_by=stopped_by,
-                peak_memory_bytes=result.peak_memory_bytes)
+                peak_memory_bytes=result.peak_memory_bytes, calibration_seconds=calibration_s)
     return result
+
+
+def _log_setup(cfg: RunConfig, info: DistInfo, trainer: Trainer, log: RunLogger) -> int:
+    """The run's model, optimiser groups, components and batch geometry in the log; returns the parameter count."""
+    tc = cfg.train
+    num_params = count_parameters(trainer.model)
+    log.line(f"model {num_params:,} parameters | {cfg.model.num_layers}x{cfg.model.model_dim} | "
+             f"heads {cfg.model.num_heads}/{cfg.model.num_kv_heads} | vocab {cfg.model.vocab_size}")
+    for group in describe_groups(trainer.optimizers):
+        log.line("optim " + " | ".join(f"{k} {v}" for k, v in group.items()))
+    if trainer.components:
+        log.line("components " + " | ".join(c.describe() for c in trainer.components))
+    log.line(f"batch {tc.train_batch_tokens:,} tokens/step = {info.world_size} ranks x {trainer.accum} micro x "
+             f"{trainer.micro_tokens // tc.train_seq_len} seqs x {tc.train_seq_len}")
+    log.metrics("model", num_parameters=num_params, optimizer_groups=describe_groups(trainer.optimizers))
+    return num_params
+
+
+def resume(trainer: Trainer, path: Path, cfg: RunConfig, log: RunLogger) -> tuple[int, float]:
+    """Load a checkpoint into the trainer after checking it was written with the same config; returns
+    (steps done, training seconds spent)."""
+    meta = read_checkpoint_meta(path)
+    diff = config_difference(meta["config"], config_to_dict(cfg))
+    if diff is not None:
+        raise UserError(f"checkpoint {path} was written with another config ({diff}); resume with the same "
+                        f"settings or start a new run with another --name")
+    state, meta = load_checkpoint(path)
+    trainer.load_state_dict(state)
+    step, train_s = int(meta["step"]), float(meta["train_seconds"])
+    log.line(f"resumed from {path} at step {step}, {train_s:.1f} s of training")
+    log.metrics("resume", step=step, train_seconds=train_s, checkpoint=str(path))
+    return step, train_s
+
+
+def _write_checkpoint(trainer: Trainer, checkpoints: Checkpointer, cfg: RunConfig, step: int, train_s: float,
+                      log: RunLogger) -> float:
+    """Start writing the training state (rank 0) and wait on every rank until its host copy is taken;
+    returns the seconds training stalled, which count as training time (the budget is wall-clock)."""
+    t0 = time.perf_counter()
+    if not all_finite(trainer.model):
+        _log_written(checkpoints.wait(), log)
+        raise UserError(f"the weights are not finite after step {step}; stopped without overwriting the "
+                        f"checkpoint ({checkpoints.describe_last()}); lower the learning rates")
+    _log_written(checkpoints.wait(), log)
+    meta = {"step": step, "train_seconds": train_s, "config": config_to_dict(cfg),
+            "world_size": trainer.info.world_size, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    checkpoints.write(trainer.state_dict() if trainer.info.is_main else None, meta)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    log.metrics("checkpoint", step=step, train_seconds=train_s, stall_seconds=seconds)
+    return seconds
+
+
+def _log_written(outcome: dict[str, Any] | None, log: RunLogger) -> None:
+    """Record a finished background checkpoint write."""
+    if outcome:
+        log.metrics("checkpoint_written", **outcome)
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one device reduction and one host sync)."""
+    flags = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
+    return bool(flags.all().item())
+
+
+def _run_calibration(calibrate: CalibrationFn | None, model: GPT, trainer: Trainer, train_s: float,
+                     log: RunLogger) -> tuple[Any, float]:
+    """Run the caller's calibration after the loop; its seconds count as training time."""
+    if calibrate is None:
+        return None, 0.0
+    t0 = time.perf_counter()
+    value = calibrate(model, trainer)
+    _sync(trainer.info.device)
+    seconds = time.perf_counter() - t0
+    log.line(f"calibration {seconds:.1f} s (inside the training budget: {train_s:.1f} + {seconds:.1f} = "
+             f"{train_s + seconds:.1f} s)")
+    log.metrics("calibration", seconds=seconds, train_seconds=train_s + seconds)
+    return value, seconds
+
+
+def _sensitivity(trainer: Trainer, log: RunLogger) -> dict[str, float] | None:
+    """The gradient-sensitivity statistics when that component is on (logged with its step count)."""
+    for component in trainer.components:
+        if isinstance(component, GradientSensitivity):
+            log.line(f"sensitivity: mean squared gradients of {len(component.names)} tensors over "
+                     f"{component.count} warm-down steps")
+            return component.result()
+    return None
 
 
 def _sync(device: torch.device) -> None:
