@@ -189,3 +189,34 @@ def test_sensitivity_is_the_mean_squared_gradient_over_the_warmdown_tail(shard_d
         expected = sum(g[name].square().mean().item() for g in tail) / len(tail)
         assert value == pytest.approx(expected, rel=1e-5)
     assert train(tiny_cfg(shard_dir), CPU, RunLogger(None, echo=False)).sensitivity is None
+
+
+
+def test_depth_recurrence_switches_on_at_its_fraction_with_both_plans_warmed(shard_dir: Path) -> None:
+    """The looped plan trains only from model.loop_enable_frac on; the warm-up runs both plans (so both
+    compiled graphs exist before the clock starts) and is undone, looping off again."""
+    import dataclasses
+
+    cfg = tiny_cfg(shard_dir, iterations=6, warmup=2)
+    cfg.model = dataclasses.replace(cfg.model, num_layers=3, num_loops=1, loop_start=1, loop_end=1,
+                                    loop_enable_frac=0.5)
+    cfg.validate()
+    trainer = Trainer(cfg, CPU)
+    assert trainer.model.looping is False
+    seen: list[bool] = []
+    original = trainer.model.hidden_states
+
+    def spy(ids: torch.Tensor) -> torch.Tensor:
+        seen.append(trainer.model.looping)
+        return original(ids)
+
+    trainer.model.hidden_states = spy  # type: ignore[method-assign]
+    micro = cfg.train.grad_accum_steps
+    result = train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
+    assert result.steps == 6
+    warm, steps = seen[:2 * micro], seen[2 * micro:]
+    assert warm == [False] * micro + [True] * micro
+    # The switch sees each step's progress (steps done / iterations) after that step's update: step 4
+    # starts at 3/6 = 0.5, fires the switch, and the steps after it run looped.
+    assert steps == [False] * (4 * micro) + [True] * (2 * micro)
+    assert trainer.model.looping is True

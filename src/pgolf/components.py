@@ -163,4 +163,15 @@ def build_components(cfg: RunConfig, model: nn.Module) -> list[Component]:
         EMA(model, tc.ema_decay) if tc.ema_decay > 0 else Disabled("ema"),
         SWA(model, tc.swa_every, tc.swa_lr_threshold) if tc.swa_every > 0 else Disabled("swa"),
         GradientSensitivity(model, tc.sensitivity_frac) if tc.sensitivity_frac > 0 else Disabled("sensitivity"),
+        looping_switch(cfg, model),
     ]
+
+
+def looping_switch(cfg: RunConfig, model: nn.Module) -> Component:
+    """Depth recurrence from a fraction of training (`model.loop_enable_frac`): the model trains its
+    early part with one pass per block, then the looped virtual order (and is exported looped)."""
+    m = cfg.model
+    if m.num_loops <= 0 or m.loop_enable_frac <= 0:
+        return Disabled("looping")
+    model.set_looping(False)
+    return SwitchAtThreshold("looping", model.set_looping, at_frac=m.loop_enable_frac)
