@@ -16,11 +16,12 @@ import brotli
 import torch
 
 from pgolf import dist
-from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
+from pgolf.artifact import read_artifact
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.model.roles import param_roles
 from pgolf.prepare import data_fingerprint, val_text_bytes
+from pgolf.quant.export import ExportResult
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
 from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
 from pgolf.train import TrainResult, save_raw_model, train
@@ -51,14 +52,34 @@ def control_names(model: torch.nn.Module) -> list[str]:
     return sorted(name for name, role in param_roles(model).items() if role == "control")
 
 
-def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
-    """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
+def code_bytes(cfg: RunConfig) -> int:
+    """Counted code bytes of this run's artifact: for now the size of the modules needed to load and score
+    it (`pgolf.artifact.COUNTED_MODULES`); the shipped single-file bundle's size will take its place."""
+    from pgolf.artifact import count_code_bytes
+
+    return count_code_bytes()
+
+
+def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ExportResult:
+    """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it).
+
+    Stages (pgolf.quant): plan from the role table -> GPTQ calibration on training shards when
+    quant.gptq -> quantise -> pack -> fit to budget.artifact_max_bytes (bits, pruning) -> write. The
+    trainer's `sensitivity.json` beside the raw weights, when present, guides quant.allocate_bits."""
+    from pgolf.quant.export import SENSITIVITY_FILE, export_model, load_sensitivity
+
     save_raw_model(result.model, run_dir / "final_model.safetensors")
-    art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
-                         run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(result.model),
-                         extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
-    log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
-    return art
+    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=code_bytes(cfg),
+                       sensitivity=load_sensitivity(run_dir / SENSITIVITY_FILE),
+                       extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
+    art = res.info
+    if res.calibration is not None:
+        log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens in "
+                 f"{res.calibration.seconds:.1f} s (outside the training clock)")
+    log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,} "
+             f"({res.fit.compressor}; {res.slack_bytes:,} bytes under budget - margin)")
+    log.metrics("export", **res.summary())
+    return res
 
 
 def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train") -> None:
