@@ -7,7 +7,8 @@ Layout of one artifact file (all integers little-endian):
     compressor name                    uint8 length + ASCII name (zlib, zstd, brotli, lzma, none)
     uncompressed payload length        uint64 (checked against a bound before decompressing)
     compressed payload length          uint64
-    sha256 of the compressed payload   32 bytes
+    sha256 of the compressed payload   32 bytes (checked before decompressing)
+    sha256 of the uncompressed payload 32 bytes (checked after: what was decoded is what was written)
     compressed payload
 
 The uncompressed payload is a uint32 length, a canonical JSON header (`format`, `meta`, `model_config`,
@@ -29,13 +30,16 @@ the file's size plus the code bytes the writer was given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import io
 import json
 import lzma
+import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,7 @@ PARAMS_PER_FILE_BYTE = 64  # int2 codes with heavy pruning stay far below this; 
 HEADER_KEYS = ("format", "layout", "meta", "model_config", "run_config", "tensors")
 
 _FIXED = struct.Struct("<8sIB")  # magic, format version, compressor name length
-_TAIL = struct.Struct("<QQ32s")  # uncompressed length, compressed length, sha256 of the compressed payload
+_TAIL = struct.Struct("<QQ32s32s")  # uncompressed length, compressed length, sha256 of compressed and of raw
 _HEADER_LEN = struct.Struct("<I")
 
 # Source files (relative to the package folder) needed to load an artifact and score it.
@@ -169,6 +173,7 @@ def _not_an_artifact(path: Path, head: bytes) -> UserError:
 class FileHeader:
     compressor: str
     raw_len: int
+    raw_sha256: bytes
     payload: bytes
 
 
@@ -190,21 +195,23 @@ def unpack_header(path: Path, blob: bytes, max_raw_bytes: int = DEFAULT_MAX_RAW_
     if name not in COMPRESSORS:
         raise UserError(f"artifact {path} uses unknown compressor {name!r} (known: {', '.join(COMPRESSORS)}); "
                         f"re-export it")
-    raw_len, length, digest = _TAIL.unpack_from(blob, start)
+    raw_len, length, digest, raw_digest = _TAIL.unpack_from(blob, start)
     payload = blob[start + _TAIL.size:]
     if len(payload) != length or hashlib.sha256(payload).digest() != digest:
         raise UserError(f"artifact {path} fails its checksum (corrupt or truncated: {len(payload)} of {length} "
                         f"payload bytes, sha256 mismatch); re-export it")
     if raw_len > max_raw_bytes:
         raise ArtifactError(path, f"declared uncompressed size {raw_len:,} exceeds the bound of {max_raw_bytes:,} bytes")
-    return FileHeader(compressor=name, raw_len=raw_len, payload=payload)
+    return FileHeader(compressor=name, raw_len=raw_len, raw_sha256=raw_digest, payload=payload)
 
 
-def pack_header(compressor: str, raw_len: int, payload: bytes) -> bytes:
-    """The fixed header that precedes a compressed payload of `raw_len` uncompressed bytes."""
+def pack_header(compressor: str, raw: bytes, payload: bytes, raw_len: int | None = None) -> bytes:
+    """The fixed header that precedes `payload`, the compressed form of `raw` (`raw_len` overrides the
+    declared length, for tests of lying files)."""
     name = compressor.encode("ascii")
+    declared = len(raw) if raw_len is None else raw_len
     return (_FIXED.pack(MAGIC, FORMAT_VERSION, len(name)) + name
-            + _TAIL.pack(raw_len, len(payload), hashlib.sha256(payload).digest()))
+            + _TAIL.pack(declared, len(payload), hashlib.sha256(payload).digest(), hashlib.sha256(raw).digest()))
 
 
 # ---------------------------------------------------------------- bounded decompression
@@ -266,6 +273,8 @@ def read_payload(path: Path, header: FileHeader) -> bytes:
         raise ArtifactError(path, f"actual uncompressed size exceeds the bound of {header.raw_len:,} bytes it declares")
     if len(raw) < header.raw_len:
         raise ArtifactError(path, f"uncompressed size {len(raw):,} is short of the {header.raw_len:,} bytes it declares")
+    if hashlib.sha256(raw).digest() != header.raw_sha256:
+        raise ArtifactError(path, "the uncompressed payload fails its sha256 (the content changed after writing)")
     return raw
 
 
@@ -300,13 +309,18 @@ def read_meta(path: Path, meta: Any) -> dict[str, Any]:
     return meta
 
 
+def _stored_config(path: Path, key: str, read: Any, data: Any) -> Any:
+    try:
+        return read(data)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ArtifactError(path, text if text.startswith(key) else f"stored {key}: {text}") from None
+
+
 def read_configs(path: Path, header: dict[str, Any]) -> ModelConfig:
     """Type-check the stored model and run configs field by field (they must agree on the model)."""
-    try:
-        model_cfg = model_config_from_dict(header["model_config"])
-        run_cfg = run_config_from_dict(header["run_config"])
-    except ConfigError as exc:
-        raise ArtifactError(path, f"stored {exc}") from None
+    model_cfg = _stored_config(path, "model_config", model_config_from_dict, header["model_config"])
+    run_cfg = _stored_config(path, "run_config", run_config_from_dict, header["run_config"])
     if run_cfg.model != model_cfg:
         raise ArtifactError(path, "run_config.model differs from model_config")
     return model_cfg
@@ -334,20 +348,36 @@ def read_plans(path: Path, entries: Any) -> dict[str, TensorPlan]:
 
 def expected_state(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype) of the state dict of `GPT(cfg)`, built on the meta device (no memory)."""
+    return dict(_expected_state(json.dumps(dataclasses.asdict(cfg), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_state(cfg_json: str) -> tuple[tuple[str, tuple[tuple[int, ...], str]], ...]:
     from pgolf.model.gpt import GPT
 
     with torch.device("meta"):
-        model = GPT(cfg)
-    return {k: (tuple(v.shape), dtype_name(v.dtype)) for k, v in model.state_dict().items()}
+        model = GPT(ModelConfig(**json.loads(cfg_json)))
+    return tuple((k, (tuple(v.shape), dtype_name(v.dtype))) for k, v in model.state_dict().items())
+
+
+def estimated_params(cfg: ModelConfig) -> int:
+    """Parameters of `GPT(cfg)` extrapolated from its 1- and 2-layer versions (cheap, even for 1024 layers)."""
+    one, two = (sum(math.prod(shape) for shape, _ in expected_state(replace(cfg, num_layers=n)).values()) for n in (1, 2))
+    return one + (cfg.num_layers - 1) * max(two - one, 0)
 
 
 def check_against_model(path: Path, plans: dict[str, TensorPlan], cfg: ModelConfig, file_bytes: int) -> None:
-    """The stored tensors are exactly the model's (names, shapes, dtypes), and the model is not absurdly
-    large for the file (checked before the model is built, even on the meta device)."""
+    """The stored tensors are exactly the model's (names, shapes, dtypes), and neither they nor the model are
+    absurdly large for the file (checked before the whole model is built, even on the meta device)."""
+    bound = PARAMS_PER_FILE_BYTE * file_bytes
     num_params = sum(p.numel for p in plans.values())
-    if num_params > PARAMS_PER_FILE_BYTE * file_bytes:
+    if num_params > bound:
         raise ArtifactError(path, f"{num_params:,} stored parameters exceed the bound of {PARAMS_PER_FILE_BYTE} "
                                   f"per file byte ({file_bytes:,} bytes)")
+    implied = estimated_params(cfg)
+    if implied > 2 * bound:  # a pre-filter with slack: the exact comparison follows
+        raise ArtifactError(path, f"model_config implies about {implied:,} parameters, over the bound of "
+                                  f"{PARAMS_PER_FILE_BYTE} per file byte ({file_bytes:,} bytes)")
     expected = expected_state(cfg)
     missing = [n for n in expected if n not in plans]
     extra = [n for n in plans if n not in expected]
@@ -407,7 +437,9 @@ def read_blob(path: Path, max_file_bytes: int) -> bytes:
     if size > max_file_bytes:
         raise ArtifactError(path, f"file size {size:,} exceeds the bound of {max_file_bytes:,} bytes")
     with path.open("rb") as f:
-        blob = f.read(max_file_bytes + 1)
+        blob = f.read(size + 1)  # one byte more than stat said, to notice a file that grew since
+        if len(blob) > size:
+            blob += f.read(max_file_bytes + 1 - len(blob))
     if len(blob) > max_file_bytes:
         raise ArtifactError(path, f"actual file size exceeds the bound of {max_file_bytes:,} bytes")
     return blob

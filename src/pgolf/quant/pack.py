@@ -134,7 +134,7 @@ def pack(quantized: dict[str, QuantizedTensor], codec: Sequence[tuple[str, int]]
     """(artifact file bytes, compressor used): the payload compressed with the smallest of `codec`."""
     raw = raw_payload(quantized, meta=meta, model_config=model_config, run_config=run_config)
     name, _, payload = compress_best(raw, codec)
-    return pack_header(name, len(raw), payload) + payload, name
+    return pack_header(name, raw, payload) + payload, name
 
 
 # ---------------------------------------------------------------- accounting
