@@ -152,7 +152,8 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.
     acc = {name: HessianAccumulator() for name in linears}
     handles = [mod.register_forward_pre_hook(lambda m, args, a=acc[name]: a.add(args[0]))
                for name, mod in linears.items()]
-    tied = getattr(model, "lm_head", "absent") is None and "tok_emb.weight" in names
+    head_module = getattr(model, "lm_head", None)
+    tied = head_module is None and "tok_emb.weight" in names
     head = HessianAccumulator()
     was_training = model.training
     model.eval()
@@ -161,6 +162,8 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.
             hidden = model.hidden_states(ids.to(device))  # (B, T, C)
             if tied:
                 head.add(hidden)
+            elif head_module is not None:
+                model.logits_from_hidden(hidden)  # an untied head is a linear: its hook sees the hidden state
     finally:
         for handle in handles:
             handle.remove()
