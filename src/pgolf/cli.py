@@ -198,8 +198,7 @@ def cmd_quantize(args: list[str]) -> int:
     import json
 
     from pgolf import dist
-    from pgolf.config import run_config_from_dict
-    from pgolf.flags import parse_text
+    from pgolf.flags import parse_text, run_config_from_dict
     from pgolf.pipeline import code_bytes
     from pgolf.quant.export import format_report, requantize
     from pgolf.quant.fit import BudgetError

@@ -200,13 +200,13 @@ def tensor_report(state: Mapping[str, Tensor], quantized: Mapping[str, Quantized
 
 def format_report(rows: list[dict[str, Any]], result: ExportResult) -> list[str]:
     """The table `pgolf quantize` prints, with the overall entropy line and the budget line."""
-    head = (f"{'tensor':34s} {'role':9s} {'kind':11s} {'bits':>4s} {'clip':10s} {'stored':>9s} {'compr':>9s} "
+    head = (f"{'tensor':34s} {'role':9s} {'kind':11s} {'bits':>4s} {'clip':22s} {'stored':>9s} {'compr':>9s} "
             f"{'symbols':>9s} {'entropy':>9s} {'rel_err':>9s} {'sens':>9s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         sens = "" if r["sensitivity"] is None else f"{r['sensitivity']:.3g}"
         clip = r["clip"] + ("+gptq" if r["gptq"] else "") + (f"+lqer{r['lqer_rank']}" if r["lqer_rank"] else "")
-        lines.append(f"{r['name'][:34]:34s} {r['role'][:9]:9s} {r['kind']:11s} {r['bits']:4d} {clip[:10]:10s} "
+        lines.append(f"{r['name'][:34]:34s} {r['role'][:9]:9s} {r['kind']:11s} {r['bits']:4d} {clip[:22]:22s} "
                      f"{r['stored_bytes']:9,d} {r['compressed_bytes']:9,d} {r['symbol_compressed_bytes']:9,d} "
                      f"{r['entropy_bytes']:9,.0f} {r['rel_error']:9.2e} {sens:>9s}")
     symbols = sum(r["symbol_compressed_bytes"] for r in rows)

@@ -9,7 +9,8 @@ optional and both deterministic:
   error per byte saved, until the estimate fits. The error is sensitivity x squared error (a diagonal
   Fisher estimate of the loss increase, when the trainer saved mean squared gradients), else the
   Hessian-weighted output error, else the plain squared error. The real packed size then replaces the
-  estimate, and the descent continues while it is over.
+  estimate, and the descent continues while it is over; bytes left over are spent raising the tensors
+  that gain most per byte, each raise checked against the real size.
 - Selective +-1 pruning (PR #609): among codes equal to +-1, zero those whose loss costs least
   (scale² x the input's Hessian diagonal, or scale² alone); binary search on their count for the
   smallest one that fits.
@@ -36,6 +37,7 @@ from pgolf.quant.quantize import GPTQOptions, quantize
 
 ALLOCATED_ROLES = ("matrix", "embedding", "head", "table")
 MAX_REFINEMENTS = 64  # real-size checks after the estimated descent (each lowers one tensor by one bit)
+MAX_FILL = 16  # real-size checks when spending left-over bytes on one more bit
 
 
 class BudgetError(UserError):
@@ -169,6 +171,33 @@ def allocate_bits(packer: Packer, plans: dict[str, TensorPlan], quantized: dict[
         quantized = {**quantized, **quantize(packer.state, {n: plans[n] for n in dict.fromkeys(changed)}, hessians,
                                              options)}
         blob, comp, final = packer.pack(quantized)
+    if len(blob) <= target:
+        plans, quantized, blob, comp, final = fill_bits(packer, plans, quantized, (blob, comp, final), bits, table,
+                                                        target, hessians, options)
+    return plans, quantized, blob, comp, final
+
+
+def fill_bits(packer: Packer, plans: dict[str, TensorPlan], quantized: dict[str, QuantizedTensor],
+              packed: tuple[bytes, str, dict[str, QuantizedTensor]], bits: dict[str, int],
+              table: dict[str, dict[int, tuple[int, float]]], target: int, hessians: Mapping[str, Tensor],
+              options: GPTQOptions) -> tuple[dict[str, TensorPlan], dict[str, QuantizedTensor], bytes, str,
+                                             dict[str, QuantizedTensor]]:
+    """Spend the bytes the descent left over: raise tensors one bit, best error saved per byte first,
+    while the estimate fits; each raise is kept only if the real packed size still fits."""
+    blob, comp, final = packed
+    ups = [n for n in bits if bits[n] < packer.cfg.max_bits]
+    gain = {n: (table[n][bits[n]][1] - table[n][bits[n] + 1][1]) / max(table[n][bits[n] + 1][0] - table[n][bits[n]][0], 1)
+            for n in ups}
+    for name in sorted(ups, key=lambda n: (-gain[n], n))[:MAX_FILL]:
+        extra = table[name][bits[name] + 1][0] - table[name][bits[name]][0]
+        if len(blob) + extra > target:
+            continue
+        trial_plans = with_bits(plans, {**bits, name: bits[name] + 1})
+        trial = {**quantized, **quantize(packer.state, {name: trial_plans[name]}, hessians, options)}
+        b, c, f = packer.pack(trial)
+        if len(b) <= target:
+            bits[name] += 1
+            plans, quantized, blob, comp, final = trial_plans, trial, b, c, f
     return plans, quantized, blob, comp, final
 
 
