@@ -244,7 +244,7 @@ def cmd_quantize(args: list[str]) -> int:
     info = _init_dist()
     try:
         try:
-            result, rows = requantize(run_dir, cfg, out_path, code_bytes=code_bytes(cfg))
+            result, rows = requantize(run_dir, cfg, out_path, code_bytes=code_bytes(cfg), device=info.device)
         except BudgetError as exc:
             for row in exc.table:
                 print(f"{row['name']:40s} {row['kind']:11s} {row['bits']:2d} bits {row['compressed_bytes']:12,d} bytes")

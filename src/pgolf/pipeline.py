@@ -77,7 +77,7 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -
         log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens in "
                  f"{res.calibration.seconds:.1f} s (outside the training clock)")
     log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,} "
-             f"({res.fit.compressor}; {res.slack_bytes:,} bytes under budget - margin)")
+             f"({res.fit.compressor}; slack {res.slack_bytes:+,} bytes under budget - margin)")
     log.metrics("export", **res.summary())
     return res
 

@@ -224,9 +224,11 @@ def format_report(rows: list[dict[str, Any]], result: ExportResult) -> list[str]
     return lines
 
 
-def requantize(run_dir: Path, cfg: RunConfig, out_path: Path, *, code_bytes: int) -> tuple[ExportResult, list[dict[str, Any]]]:
-    """`pgolf quantize`: re-export a run from its saved full-precision weights (and `sensitivity.json`)."""
-    model = load_run_model(run_dir, cfg)
+def requantize(run_dir: Path, cfg: RunConfig, out_path: Path, *, code_bytes: int,
+               device: torch.device = torch.device("cpu")) -> tuple[ExportResult, list[dict[str, Any]]]:
+    """`pgolf quantize`: re-export a run from its saved full-precision weights (and `sensitivity.json`);
+    calibration and GPTQ run on `device`."""
+    model = load_run_model(run_dir, cfg).to(device)
     sensitivity = load_sensitivity(run_dir / SENSITIVITY_FILE)
     result = export_model(model, cfg, out_path, code_bytes=code_bytes, sensitivity=sensitivity,
                           extra_meta={"requantized_from": RAW_WEIGHTS_FILE})

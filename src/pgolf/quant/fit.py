@@ -29,7 +29,6 @@ from torch import Tensor
 
 from pgolf.config import QuantConfig
 from pgolf.errors import UserError
-from pgolf.quant.intx import quantize_rtn
 from pgolf.quant.layout import QuantizedTensor, TensorPlan, expand_scales
 from pgolf.quant.lqer import add_lqer
 from pgolf.quant.pack import codec_choices, compress_best, encode_stream, pack
@@ -118,8 +117,8 @@ def bit_table(state: Mapping[str, Tensor], plans: Mapping[str, TensorPlan], name
         table[name] = {}
         sens = None if sensitivity is None else float(sensitivity.get(name, 0.0))
         for bits in range(cfg.min_bits, cfg.max_bits + 1):
-            plan = replace(plans[name], bits=bits)
-            q = QuantizedTensor(plan=plan, parts=quantize_rtn(state[name], plan))
+            plan = replace(plans[name], bits=bits, gptq=False)
+            q = quantize({name: state[name]}, {name: plan})[name]
             table[name][bits] = (alone_bytes(q, codec), tensor_error(state[name], q, hessians.get(name), sens))
     return table
 

@@ -18,8 +18,9 @@ the seconds it takes are returned so the trainer can charge them to its clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -186,10 +187,15 @@ class Calibration:
     source: str
 
 
-def training_batches(loader: Iterator[tuple[Tensor, Tensor]] | object, num_batches: int, batch_tokens: int,
-                     seq_len: int) -> list[Tensor]:
-    """`num_batches` input batches (B, T) drawn from a training loader (`next_batch(tokens, seq_len)`)."""
-    return [loader.next_batch(batch_tokens, seq_len)[0] for _ in range(num_batches)]  # type: ignore[attr-defined]
+class TrainingBatches(Protocol):
+    """What calibration needs of a training loader (`pgolf.data.loader.DistributedTokenLoader`)."""
+
+    def next_batch(self, micro_batch_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]: ...
+
+
+def training_batches(loader: TrainingBatches, num_batches: int, batch_tokens: int, seq_len: int) -> list[Tensor]:
+    """`num_batches` input batches (B, T) drawn from a loader over TRAINING shards (never validation)."""
+    return [loader.next_batch(batch_tokens, seq_len)[0] for _ in range(num_batches)]
 
 
 @torch.no_grad()

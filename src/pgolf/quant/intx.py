@@ -124,12 +124,12 @@ def quantize_tensor_rtn(w: Tensor, plan: TensorPlan) -> dict[str, Tensor]:
 
 def float_parts(w: Tensor, plan: TensorPlan) -> dict[str, Tensor]:
     """A float or pass-through tensor as its stored copy."""
-    return {"value": w.detach().to("cpu").to(dtype_from_name(plan.store_dtype), copy=True).contiguous()}
+    return {"value": w.detach().to(dtype_from_name(plan.store_dtype), copy=True).contiguous()}
 
 
 def quantize_rtn(w: Tensor, plan: TensorPlan) -> dict[str, Tensor]:
-    """The stored parts of any tensor under its plan, by round to nearest (no GPTQ, no LQER)."""
-    w = w.detach().to("cpu")
+    """The stored parts of any tensor under its plan, by round to nearest (no GPTQ, no LQER), on w's device."""
+    w = w.detach()
     if plan.kind == "intx_row":
         return quantize_rows_rtn(w, plan)
     if plan.kind == "intx_tensor":
@@ -141,10 +141,11 @@ def quantize_rtn(w: Tensor, plan: TensorPlan) -> dict[str, Tensor]:
 def fake_quantize(w: Tensor, plan: TensorPlan) -> Tensor:
     """Quantise then dequantise `w` with the export's exact arithmetic (round to nearest); no gradient.
 
-    Returns a tensor of w's dtype and device, equal to what the artifact restores for a plan without
-    GPTQ, LQER or pruning, so late QAT can train against the export it will get."""
+    Returns a tensor of w's dtype on w's device (computed there: QAT calls it every step), equal to what
+    the artifact restores for a plan without GPTQ, LQER or pruning, so late QAT trains against the
+    export it will get."""
     plan_here = plan if plan.dtype == str(w.dtype).removeprefix("torch.") else _with_dtype(plan, w.dtype)
-    return dequantize(plan_here, quantize_rtn(w, plan_here)).to(w.device)
+    return dequantize(plan_here, quantize_rtn(w, plan_here))
 
 
 def _with_dtype(plan: TensorPlan, dtype: torch.dtype) -> TensorPlan:

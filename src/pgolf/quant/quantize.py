@@ -48,7 +48,7 @@ def quantize_one(name: str, t: Tensor, plan: TensorPlan, hessian: Tensor | None,
         except GPTQError:
             pass
     plan = replace(plan, gptq=False) if plan.gptq else plan
-    return QuantizedTensor(plan=plan, parts=quantize_rtn(t, plan))
+    return QuantizedTensor(plan=plan, parts={k: v.cpu() for k, v in quantize_rtn(t, plan).items()})
 
 
 def quantize(state: Mapping[str, Tensor], plans: Mapping[str, TensorPlan], hessians: Mapping[str, Tensor] | None = None,
