@@ -90,7 +90,7 @@ def test_bits_follow_sensitivity_and_fit(tmp_path: Path, unfitted: int) -> None:
                     code_bytes=0).info.model_bytes  # room for about 6 bits on average
     res = export(tmp_path / "a.ptz", model, cfg, budget=budget, code_bytes=0, sensitivity=sensitivity)
     bits = res.fit.bits
-    assert res.info.total_bytes <= budget
+    assert budget * 0.97 <= res.info.total_bytes <= budget  # left-over bytes are spent on more bits
     assert all(3 <= bits[n] <= 8 for n in names)
     assert bits[hot] > bits[cold] and bits[hot] == 8 and bits[cold] == 3
     assert len({bits[n] for n in names}) > 1

@@ -174,3 +174,15 @@ def test_self_generated_calibration_reads_no_data(tmp_path: Path, monkeypatch: p
     assert opened == [] and cal.source == "self" and cal.num_tokens == 3 * 6
     again = calibration_for(model, cfg, list(param_roles(model)))
     assert all(torch.equal(cal.hessians[n], again.hessians[n]) for n in cal.hessians)  # seeded sampling
+
+
+def test_a_broken_hessian_falls_back_to_round_to_nearest() -> None:
+    from pgolf.quant.quantize import quantize
+
+    w, x = correlated_layer(5, rows=8, cols=16)
+    h = x.t() @ x / x.shape[0]
+    h[2, 2] = float("nan")
+    p = plan(tuple(w.shape), 4)
+    out = quantize({"w": w}, {"w": p}, {"w": h})["w"]
+    assert not out.plan.gptq
+    assert torch.equal(out.parts["q"], quantize_rtn(w, p)["q"])

@@ -35,6 +35,8 @@ class GPTQError(ValueError):
 
 def prepare_hessian(h: Tensor, damp: float) -> tuple[Tensor, Tensor]:
     """(damped Hessian, mask of dead columns) with dead diagonal entries set to 1."""
+    if not bool(torch.isfinite(h).all()):
+        raise GPTQError("the Hessian holds NaN or inf (activations overflowed during calibration)")
     h = h.double().clone()  # (C, C)
     dead = torch.diag(h) == 0  # (C,)
     h[dead, dead] = 1.0
@@ -66,7 +68,8 @@ def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, bits: int, *, block_size: in
     h, dead = prepare_hessian(h, damp)
     w[:, dead] = 0.0
     num_cols = w.shape[1]
-    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(num_cols)
+    diag = torch.diag(h)  # (C,)
+    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(num_cols, device=w.device)
     w, scale, h = w[:, perm], scale[:, perm], h[perm][:, perm]
     hinv = upper_cholesky_of_inverse(h, damp)  # (C, C)
     codes = torch.zeros_like(w)  # (R, C)
