@@ -276,15 +276,16 @@ def byte_table(quantized: Mapping[str, QuantizedTensor], codec: Sequence[tuple[s
     return sorted(rows, key=lambda r: (-r["compressed_bytes"], r["name"]))
 
 
-def budget_error(blob_len: int, target: int, code_bytes: int, margin: int, quantized: Mapping[str, QuantizedTensor],
+def budget_error(blob_len: int, target: int, code_bytes: int, cfg: QuantConfig, quantized: Mapping[str, QuantizedTensor],
                  codec: Sequence[tuple[str, int]]) -> BudgetError:
     table = byte_table(quantized, codec)
     top = ", ".join(f"{r['name']} {r['compressed_bytes']:,} B ({r['kind']} {r['bits']}b)" for r in table[:4])
-    budget = target + code_bytes + margin
+    budget = target + code_bytes + cfg.margin_bytes
+    hints = ["lower quant.min_bits" if cfg.allocate_bits else "lower quant.matrix_bits/embed_bits or enable "
+             "quant.allocate_bits"] + ([] if cfg.prune else ["enable quant.prune"]) + ["shrink the model"]
     return BudgetError(f"the artifact is {blob_len + code_bytes:,} bytes (code {code_bytes:,} + model {blob_len:,}), "
-                       f"over the {budget:,} byte budget less the {margin:,} byte margin by {blob_len - target:,}; "
-                       f"largest tensors: {top}; lower quant.matrix_bits/embed_bits, enable quant.prune or "
-                       f"quant.allocate_bits, or shrink the model", table)
+                       f"over the {budget:,} byte budget less the {cfg.margin_bytes:,} byte margin by "
+                       f"{blob_len - target:,}; largest tensors: {top}; {', '.join(hints)}", table)
 
 
 def fit_to_budget(state: Mapping[str, Tensor], plans: dict[str, TensorPlan], cfg: QuantConfig, *, budget_bytes: int,
@@ -310,7 +311,7 @@ def fit_to_budget(state: Mapping[str, Tensor], plans: dict[str, TensorPlan], cfg
         if found is not None:
             pruned, blob, comp, final = found
     if len(blob) > target and cfg.fits_budget:
-        raise budget_error(len(blob), target, code_bytes, cfg.margin_bytes, final, packer.codec)
+        raise budget_error(len(blob), target, code_bytes, cfg, final, packer.codec)
     bits = {n: q.plan.bits for n, q in final.items() if q.plan.is_int}
     return FitResult(blob=blob, compressor=comp, plans={n: q.plan for n, q in final.items()}, quantized=final,
                      codec=packer.codec[0], target_bytes=target, pruned=pruned, bits=bits)
