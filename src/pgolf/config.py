@@ -276,7 +276,7 @@ class QuantConfig:
     sdclip_k_attn: tuple[float, ...] = ()
     """SDClip k of attention matrices (empty = quant.sdclip_k)."""
     group_size: int = 0
-    """intx: columns sharing one scale (0 = one scale per row); must divide the rows it applies to."""
+    """intx: columns sharing one scale (0 = one scale per row); rows it does not divide keep one scale."""
     control_dtype: Literal["float32", "float16"] = "float32"
     """intx: storage dtype of control tensors (scales, mixes, gains), which are never quantised."""
     gptq: bool = False
@@ -312,7 +312,7 @@ class QuantConfig:
     lqer_b_bits: int = 4
     """LQER: bits of the right factor B (group scales)."""
     lqer_group_size: int = 64
-    """LQER: columns per scale group of B."""
+    """LQER: columns per scale group of B (tensors whose rows it does not divide are not corrected)."""
     packing: Literal["int8", "bitpack"] = "int8"
     """Integer codes stored one per byte (compresses best) or bit-packed."""
     byte_shuffle: bool = False
