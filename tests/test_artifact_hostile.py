@@ -25,7 +25,7 @@ from pgolf import artifact
 from pgolf.artifact import pack_header, payload_bytes, read_artifact
 from pgolf.errors import UserError
 from pgolf.quant import pack
-from pgolf.quant.layout import TensorPlan, stream_nbytes, stream_specs
+from pgolf.quant.layout import TensorPlan, stream_nbytes
 
 Header = dict[str, Any]
 

@@ -17,9 +17,8 @@ import torch
 
 from pgolf import dist
 from pgolf.artifact import read_artifact
-from pgolf.config import RunConfig, config_to_dict
+from pgolf.config import RunConfig
 from pgolf.dist import DistInfo, use_bf16
-from pgolf.model.roles import param_roles
 from pgolf.prepare import data_fingerprint, val_text_bytes
 from pgolf.quant.export import ExportResult
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
@@ -45,11 +44,6 @@ def start_run(cfg: RunConfig, info: DistInfo, command: str) -> tuple[Path, RunLo
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),
                           command=command))
     return run_dir, log
-
-
-def control_names(model: torch.nn.Module) -> list[str]:
-    """Names of the control tensors, which the baseline export keeps in fp32."""
-    return sorted(name for name, role in param_roles(model).items() if role == "control")
 
 
 def code_bytes(cfg: RunConfig) -> int:
