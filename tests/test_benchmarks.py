@@ -22,4 +22,7 @@ def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
         assert result[key] > 0, key
     # The achieved FLOP rate is derived from the measured token rate and the model's FLOPs per token.
     assert result["achieved_flops"] == result["train_tokens_per_s"] * result["flops_per_token"]
-    assert result["mfu"] == result["achieved_flops"] / result["matmul_peak_flops"] < 1.5
+    # MFU is the achieved rate over the best rate of the sweep measured in the same run (no bound on its
+    # value here: two timings on a busy machine may disagree; the benchmark reports, it does not judge).
+    assert result["mfu"] == result["achieved_flops"] / result["matmul_peak_flops"]
+    assert result["matmul_peak_flops"] == max(v for k, v in result["matmul_sweep_flops"].items() if k != "peak")

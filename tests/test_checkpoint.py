@@ -87,8 +87,8 @@ def test_bad_checkpoint_files_are_one_line_user_errors(tmp_path: Path) -> None:
 
 
 def test_config_difference_names_the_field() -> None:
-    a = {"name": "a", "out_dir": "x", "train": {"iterations": 5, "seed": 1}, "quant": {"bits": (6, 8)}}
-    b = {"name": "b", "out_dir": "y", "train": {"iterations": 5, "seed": 1}, "quant": {"bits": [6, 8]}}
+    a = {"run_id": "a", "out_dir": "x", "train": {"iterations": 5, "seed": 1}, "quant": {"bits": (6, 8)}}
+    b = {"run_id": "b", "out_dir": "y", "train": {"iterations": 5, "seed": 1}, "quant": {"bits": [6, 8]}}
     assert config_difference(a, b) is None  # place fields ignored; tuples compare as JSON lists
     b["train"]["seed"] = 2
     assert config_difference(a, b) == "train.seed: 1 -> 2"
@@ -196,7 +196,7 @@ def test_calibration_reserve_and_callable_count_inside_the_budget(shard_dir: Pat
 
 
 def cli_flags(shard_dir: Path, tokenizer: Path, out: Path, name: str) -> list[str]:
-    return ["--preset", "test-tiny", "--name", name, "--out_dir", str(out), "--model.vocab_size", "384",
+    return ["--preset", "test-tiny", "--run_id", name, "--out_dir", str(out), "--model.vocab_size", "384",
             "--data.source", "fineweb", "--data.dataset_dir", str(shard_dir), "--data.tokenizer_path", str(tokenizer),
             "--train.iterations", "24", "--train.warmup_steps", "1", "--train.train_batch_tokens", "512",
             "--train.train_seq_len", "32", "--train.max_wallclock_seconds", "0",

@@ -90,15 +90,15 @@ print(json.dumps(eval_artifact(sys.argv[1], cfg, init())))
 """
 
 
-def test_scoring_needs_only_the_counted_code(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    # The counted bytes claim to be the code needed to load and score an artifact: score it with
-    # every other pgolf module unimportable and get the run's number back.
-    from pgolf.artifact import COUNTED_MODULES
+def test_scoring_needs_only_the_loading_side(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    # The loading side claims to be all the code needed to load and score an artifact: score it with
+    # every other pgolf module (trainer, quantisers, GPTQ, fitting) unimportable and get the run's number back.
+    from pgolf.artifact import SCORING_MODULES
 
     root, proc = tiny_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     art = root / "runs/test-tiny/final_model.int8.ptz"
-    out = subprocess.run([sys.executable, "-c", SCORE_WITH_COUNTED_CODE_ONLY, str(art), json.dumps(COUNTED_MODULES)],
+    out = subprocess.run([sys.executable, "-c", SCORE_WITH_COUNTED_CODE_ONLY, str(art), json.dumps(SCORING_MODULES)],
                          cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     scored = json.loads(out.stdout.strip().splitlines()[-1])
@@ -207,6 +207,10 @@ def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, sub
     s = json.loads((root / "runs/interrupted/summary.json").read_text())
     assert s["stopped_by"] == "interrupted" and 1 <= s["steps"] < 1_000_000
     assert (root / "runs/interrupted/final_model.int8.ptz").exists() and math.isfinite(s["val_bpb"])
+    from pgolf.artifact import read_artifact
+
+    # the artifact itself records that its training was cut short
+    assert read_artifact(root / "runs/interrupted/final_model.int8.ptz").meta["extra_meta"]["stopped_by"] == "interrupted"
 
 
 def test_runs_get_their_own_folders_and_never_reuse_one(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:

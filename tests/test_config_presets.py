@@ -4,13 +4,11 @@ presets fit the CPU track's byte budget even with incompressible (random-normal)
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
-import torch
 
 from pgolf.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_hash
-from pgolf.presets import CPU_ARTIFACT_MAX_BYTES, PRESETS, get_preset
+from pgolf.presets import PRESETS, get_preset
 from pgolf.errors import UserError
 
 
@@ -62,27 +60,6 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     assert config_hash(a) == config_hash(b)
     b.model.num_layers += 1
     assert config_hash(a) != config_hash(b)
-
-
-@pytest.mark.parametrize("name", ["cpu-demo", "cpu-baseline"])
-def test_cpu_presets_fit_the_byte_budget_with_random_weights(name: str, tmp_path: Path) -> None:
-    # Random-normal matrices quantise to nearly incompressible int8; trained weights compress better,
-    # so fitting with these is a conservative check of the preset's dimensions.
-    from pgolf.artifact import write_artifact
-    from pgolf.config import config_to_dict
-    from pgolf.model.gpt import GPT
-    from pgolf.pipeline import control_names
-
-    cfg = get_preset(name)
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0.0, 0.05)
-    info = write_artifact(tmp_path / "a.ptz", model.state_dict(), model_config=config_to_dict(cfg.model),
-                          run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(model))
-    assert info.total_bytes <= CPU_ARTIFACT_MAX_BYTES == cfg.budget.artifact_max_bytes
 
 
 @pytest.mark.parametrize("source,vocab,dataset,tokenizer", [

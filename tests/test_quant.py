@@ -1,4 +1,5 @@
-"""The baseline int8 export: hand-computed rows, error bounds, kept floats, passthrough, quantile fallback."""
+"""The baseline int8 export (the reference `pgolf.quant.int8`): hand-computed rows, error bounds, kept floats,
+passthrough, quantile fallback. test_quant_plans.py checks the `int8_per_row` export plan against it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf.config import QuantConfig
-from pgolf.quant import int8
+from pgolf.quant import int8, intx
 from pgolf.quant.int8 import dequantize_state_dict_int8, quant_stats, quantize_state_dict_int8
 
-PATTERNS = ("attn_scale", "resid_mix")
+PATTERNS = ("blocks.0.attn_scale", "blocks.0.resid_mix", "attn_scale")  # names kept in fp32 (controls)
 
 
 def quantize_all(percentile: float = 99.99984) -> QuantConfig:
@@ -94,7 +95,7 @@ def test_pure_quantiser_error_is_at_most_half_the_fp32_scale() -> None:
     assert ((q.float() * s32 - w).abs() <= s32 / 2 * (1 + 1e-6)).all()
 
 
-def test_small_floats_kept_fp16_or_fp32_by_pattern() -> None:
+def test_small_floats_kept_fp16_or_fp32_by_name() -> None:
     state = {
         "blocks.0.attn_scale": torch.randn(32),
         "blocks.0.resid_mix": torch.randn(2, 32),
@@ -156,10 +157,10 @@ def test_row_quantile_chunked_and_kthvalue_paths_match_torch(monkeypatch: pytest
     a = torch.randn(7, 301, generator=torch.Generator().manual_seed(3)).abs()
     for q in (0.5, 0.9, 0.999, 0.9999984, 1.0):
         expected = torch.quantile(a, q, dim=1)
-        monkeypatch.setattr(int8, "QUANTILE_MAX_NUMEL", 1000)  # chunks of 3 rows
-        assert torch.equal(int8.row_quantile(a, q), expected)
-        monkeypatch.setattr(int8, "QUANTILE_MAX_NUMEL", 100)  # rows longer than the limit: kthvalue
-        assert torch.equal(int8.row_quantile(a, q), expected)
+        monkeypatch.setattr(intx, "QUANTILE_MAX_NUMEL", 1000)  # chunks of 3 rows
+        assert torch.equal(intx.row_quantile(a, q), expected)
+        monkeypatch.setattr(intx, "QUANTILE_MAX_NUMEL", 100)  # rows longer than the limit: kthvalue
+        assert torch.equal(intx.row_quantile(a, q), expected)
         monkeypatch.undo()
 
 

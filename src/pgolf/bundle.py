@@ -23,12 +23,10 @@ from pathlib import Path
 import brotli
 
 import pgolf
-from pgolf.config import RunConfig, config_to_dict
+from pgolf.config import RUN_IDENTITY_FIELDS, RunConfig, TrainConfig, config_to_dict
 from pgolf.fileio import write_bytes_atomic
 
 ENTRY = "pgolf.main"
-# Per-run fields a bundle never bakes in: each run draws its own id and folder.
-UNBAKED = ("run_id",)
 # Modules imported lazily (inside functions) that only some configs use: module -> when it is needed.
 FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
@@ -177,10 +175,14 @@ _TEMPLATE = (
 
 
 def baked_config(cfg: RunConfig) -> str:
-    """The config a bundle carries: the resolved run config without per-run fields, canonical JSON."""
+    """The config a bundle carries, canonical JSON: the resolved run config without where a run goes
+    (run_id, out_dir: each run draws its own id under ./runs unless told otherwise) and with the default
+    seed (a seed is chosen when the script runs: SEED=42 or --train.seed 42)."""
     data = config_to_dict(cfg)
-    for key in UNBAKED:
+    for key in RUN_IDENTITY_FIELDS:
         data.pop(key, None)
+    # One script serves every seed of an experiment (SEED=42 python train_gpt.py), as records ship it.
+    data["train"]["seed"] = TrainConfig().seed
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

@@ -161,6 +161,7 @@ def cmd_train(args: list[str]) -> int:
         cfg, checkpoint = config_from_args(args, "pgolf train"), None
     if cfg is None:
         return 0
+    from pgolf.bundle import code_bytes as bundle_code_bytes
     from pgolf.main import ensure_data
     from pgolf.prepare import prepare
 
@@ -168,7 +169,7 @@ def cmd_train(args: list[str]) -> int:
     try:
         ensure_data(cfg, info, prepare)
         command = "pgolf train " + shlex.join((["--resume", resume_dir] if resume_dir else []) + args)
-        train_and_export(cfg, info, command=command, resume_from=checkpoint)
+        train_and_export(cfg, info, command=command, code_bytes=bundle_code_bytes(cfg), resume_from=checkpoint)
     finally:
         dist.shutdown()
     return 0
@@ -220,7 +221,74 @@ def cmd_run(args: list[str]) -> int:
     cfg = config_from_args(args, "pgolf run", require_preset=True)
     if cfg is None:
         return 0
-    return execute(cfg, "pgolf run " + shlex.join(args), prepare=prepare)
+    from pgolf.bundle import code_bytes
+
+    return execute(cfg, "pgolf run " + shlex.join(args), code_bytes=code_bytes(cfg), prepare=prepare)
+
+
+def cmd_quantize(args: list[str]) -> int:
+    """Re-export a run's full-precision weights with other quant settings, show the bytes, score it."""
+    import json
+
+    from pgolf import dist
+    from pgolf.flags import parse_text, run_config_from_dict
+    from pgolf.bundle import code_bytes
+    from pgolf.quant.export import format_report, requantize
+    from pgolf.quant.fit import BudgetError
+    from pgolf.runlog import write_json_atomic
+    from pgolf.scoring import eval_artifact
+
+    usage = "usage: pgolf quantize RUN_DIR [--budget BYTES] [--out PATH] [--quant.* ...]"
+    if wants_help(args):
+        print_config_help(usage + "\n\nRe-exports RUN_DIR/final_model.safetensors (and RUN_DIR/sensitivity.json) under "
+                          "the run's config with any flag overriding it,\nprints the per-tensor table, writes the "
+                          "artifact (default RUN_DIR/final_model.requant.ptz), reloads it and scores it.",
+                          get_preset(DEFAULT_PRESET))
+        return 0
+    if not args or args[0].startswith("-"):
+        raise UserError(f"pgolf quantize needs the run folder first; {usage}")
+
+    def pop(flag: str, items: list[str]) -> tuple[str | None, list[str]]:
+        for i, a in enumerate(items):
+            if a == flag or a.startswith(flag + "="):
+                if a == flag and i + 1 >= len(items):
+                    raise UserError(f"{flag} needs a value; {usage}")
+                value = items[i + 1] if a == flag else a.split("=", 1)[1]
+                return value, items[:i] + items[i + (2 if a == flag else 1):]
+        return None, items
+
+    run_dir = Path(args[0])
+    budget, rest = pop("--budget", args[1:])
+    out, rest = pop("--out", rest)
+    header_path = run_dir / "header.json"
+    try:
+        stored = json.loads(header_path.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{header_path} is missing or has no config; pass a run folder written by `pgolf train` or `pgolf run`") from None
+    try:
+        cfg = run_config_from_dict(stored, where=f"{header_path}: config")
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    cfg = parse_config(rest, cfg, "pgolf quantize RUN_DIR")
+    if budget is not None:
+        cfg.budget.artifact_max_bytes = parse_text(budget, int, "--budget")
+        cfg.validate()
+    out_path = Path(out) if out else run_dir / "final_model.requant.ptz"
+    info = _init_dist()
+    try:
+        try:
+            result, rows = requantize(run_dir, cfg, out_path, code_bytes=code_bytes(cfg), device=info.device)
+        except BudgetError as exc:
+            for row in exc.table:
+                print(f"{row['name']:40s} {row['kind']:11s} {row['bits']:2d} bits {row['compressed_bytes']:12,d} bytes")
+            raise
+        for line in format_report(rows, result):
+            print(line)
+        scored = eval_artifact(str(out_path), cfg, info)
+        write_json_atomic(out_path.with_suffix(".json"), {"export": result.summary(), "tensors": rows, "score": scored})
+    finally:
+        dist.shutdown()
+    return 0
 
 
 @dataclass
@@ -321,8 +389,8 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "bundle": cmd_bundle,
-            "data": cmd_data, "presets": cmd_presets}
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "quantize": cmd_quantize,
+            "bundle": cmd_bundle, "data": cmd_data, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

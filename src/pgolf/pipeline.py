@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from pgolf import dist
-from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
-from pgolf.config import RunConfig, config_to_dict
+from pgolf.artifact import read_artifact
+from pgolf.config import RunConfig
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
 from pgolf.fileio import remove_orphan_temps
-from pgolf.model.roles import param_roles
+from pgolf.quant.export import ExportResult
 from pgolf.reference import reference_compression_bpb, val_text_bytes
 from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
 from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
@@ -64,33 +64,46 @@ def start_run(cfg: RunConfig, info: DistInfo, command: str, resume: bool = False
     return run_dir, log
 
 
-def control_names(model: torch.nn.Module) -> list[str]:
-    """Names of the control tensors, which the baseline export keeps in fp32."""
-    return sorted(name for name, role in param_roles(model).items() if role == "control")
+def artifact_notes(result: TrainResult) -> dict[str, Any]:
+    """What the artifact records about its training: steps and why training stopped (an interrupted run's
+    artifact says so). Nothing timing-dependent, so the same training gives the same bytes."""
+    return {"steps": result.steps, "stopped_by": result.stopped_by}
 
 
-def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger) -> ArtifactInfo:
-    """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it)."""
+def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, code_bytes: int) -> ExportResult:
+    """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it).
+
+    Stages (pgolf.quant): plan from the role table -> GPTQ calibration on training shards when
+    quant.gptq -> quantise -> pack -> fit to budget.artifact_max_bytes (bits, pruning) -> write. The
+    trainer's `sensitivity.json` beside the raw weights, when present, guides quant.allocate_bits."""
+    from pgolf.quant.export import SENSITIVITY_FILE, export_model, load_sensitivity
+
     save_raw_model(result.model, run_dir / "final_model.safetensors")
     if result.sensitivity is not None:
-        write_json_atomic(run_dir / "sensitivity.json", result.sensitivity)
-    art = write_artifact(run_dir / ARTIFACT_NAME, result.model.state_dict(), model_config=config_to_dict(cfg.model),
-                         run_config=config_to_dict(cfg), quant=cfg.quant, keep_fp32_patterns=control_names(result.model),
-                         extra_meta={"steps": result.steps, "train_seconds": round(result.train_seconds, 3)})
-    log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,}")
-    return art
+        write_json_atomic(run_dir / SENSITIVITY_FILE, result.sensitivity)
+    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=code_bytes,
+                       sensitivity=load_sensitivity(run_dir / SENSITIVITY_FILE),
+                       extra_meta=artifact_notes(result))
+    art = res.info
+    if res.calibration is not None:
+        log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens in "
+                 f"{res.calibration.seconds:.1f} s (outside the training clock)")
+    log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,} "
+             f"({res.fit.compressor}; slack {res.slack_bytes:+,} bytes under budget - margin)")
+    log.metrics("export", **res.summary())
+    return res
 
 
-def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train",
+def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train", code_bytes: int,
                      resume_from: Path | None = None) -> None:
     """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
     run_dir, log = start_run(cfg, info, command, resume=resume_from is not None)
     result = train(cfg, info, log, resume_from=resume_from)
     if info.is_main:
-        export(cfg, result, run_dir, log)
+        export(cfg, result, run_dir, log, code_bytes)
 
 
-def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[str, Any]:
+def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code_bytes: int) -> dict[str, Any]:
     """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
     run_dir, log = start_run(cfg, info, command)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
@@ -107,7 +120,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
 
     artifact_path = run_dir / ARTIFACT_NAME
     if info.is_main:
-        export(cfg, result, run_dir, log)
+        export(cfg, result, run_dir, log, code_bytes)
     dist.barrier()
     t0 = time.perf_counter()
     loaded = read_artifact(artifact_path)

@@ -1,9 +1,8 @@
 """Scoring an artifact: rebuild the model from the file alone and measure val_bpb on the validation shards.
 
-This module and what it imports are the code counted in an artifact's bytes
-(`pgolf.artifact.COUNTED_MODULES`): everything needed to load and evaluate an artifact, nothing of
-training, data preparation, logging or the CLI. A test imports it with every other pgolf module
-blocked to keep that claim true.
+This module and what it imports (`pgolf.artifact.SCORING_MODULES`) are everything needed to load and
+evaluate an artifact, nothing of training, quantisation, data preparation, logging or the CLI. A
+test imports it with every other pgolf module blocked to keep that claim true.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The challenge baseline's int8 export (openai/parameter-golf `train_gpt.py`, `quantize_state_dict_int8`).
+"""The challenge baseline's int8 export (openai/parameter-golf `train_gpt.py`, `quantize_state_dict_int8`),
+kept verbatim as the reference that the `int8_per_row` export plan is tested against bit for bit.
 
 Matrices get one int8 scale per row, clipped at a high percentile of |w| so a single outlier does not
 stretch the whole row; other large float tensors get one fp32 scale; small float tensors are kept in
@@ -12,63 +13,22 @@ store, plus JSON-able metadata saying how to undo each entry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from pgolf.config import QuantConfig
+from pgolf.quant.intx import row_quantile
+from pgolf.quant.layout import dtype_from_name, dtype_name
 
 QUANT_FORMAT = "int8_clean_per_row_v1"  # the baseline's format tag
 QMAX = 127
 ROW_SCALE_DTYPE = torch.float16
 KEEP_FLOAT_DTYPE = torch.float16
-QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 
 KINDS = ("int8_row", "int8_tensor", "float", "passthrough")
-
-# Dtypes an artifact may name; a lookup table rather than getattr(torch, name) on file contents.
-DTYPES: dict[str, torch.dtype] = {
-    str(d).removeprefix("torch."): d
-    for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-              torch.int16, torch.int8, torch.uint8, torch.bool)
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """`torch.float32` -> `"float32"`."""
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: str) -> torch.dtype:
-    """Inverse of `dtype_name` for the dtypes an artifact may hold; ValueError otherwise."""
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {name!r}")
-    return DTYPES[name]
-
-
-def _kth_quantile_rows(a: Tensor, q: float) -> Tensor:
-    """torch.quantile(a, q, dim=1) (linear interpolation) via kthvalue, for rows too long for it.
-
-    Same arithmetic as torch: the rank q*(n-1) is computed in the input dtype, then the two
-    neighbouring order statistics are lerped by its fractional part."""
-    n = a.shape[1]
-    rank = torch.tensor(q, dtype=a.dtype) * (n - 1)  # ()
-    lo, hi = int(rank.floor()), int(rank.ceil())
-    below = a.kthvalue(lo + 1, dim=1).values  # (R,)
-    above = below if hi == lo else a.kthvalue(hi + 1, dim=1).values  # (R,)
-    return torch.lerp(below, above, rank - lo)
-
-
-def row_quantile(a: Tensor, q: float) -> Tensor:
-    """Per-row quantile of a float32 matrix, equal to torch.quantile(a, q, dim=1) at any size."""
-    num_rows, row_len = a.shape
-    if row_len > QUANTILE_MAX_NUMEL:
-        return _kth_quantile_rows(a, q)
-    rows_per_chunk = max(1, QUANTILE_MAX_NUMEL // max(row_len, 1))
-    # rows are independent, so chunking gives the same values as one call
-    return torch.cat([torch.quantile(chunk, q, dim=1) for chunk in a.split(rows_per_chunk)])  # (R,)
 
 
 def quantize_rows(w: Tensor, clip_q: float) -> tuple[Tensor, Tensor]:
@@ -102,8 +62,8 @@ def dequantize_tensor(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (q.float() * scale.float()).to(dtype).contiguous()
 
 
-def _keep_float(name: str, t: Tensor, keep_fp32_patterns: Sequence[str]) -> Tensor:
-    dtype = torch.float32 if any(p in name for p in keep_fp32_patterns) else KEEP_FLOAT_DTYPE
+def _keep_float(name: str, t: Tensor, keep_fp32: Collection[str]) -> Tensor:
+    dtype = torch.float32 if name in keep_fp32 else KEEP_FLOAT_DTYPE
     return t.to(dtype=dtype, copy=True).contiguous()
 
 
@@ -112,10 +72,11 @@ def _entry(kind: str, t: Tensor) -> dict[str, Any]:
 
 
 def quantize_state_dict_int8(state: dict[str, Tensor], cfg: QuantConfig,
-                             keep_fp32_patterns: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                             keep_fp32: Collection[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Quantise a state dict the way the baseline does; returns (flat tensors, JSON-able meta).
 
-    Tensors are contiguous CPU copies (nothing aliases `state`), ready for safetensors."""
+    `keep_fp32` names the small float tensors kept in fp32 (the control tensors, from the role table).
+    Tensors are contiguous CPU copies (nothing aliases `state`)."""
     if cfg.scheme != "int8_per_row":
         raise ValueError(f"quant.scheme={cfg.scheme!r} is not handled by the int8 exporter")
     clip_q = cfg.clip_percentile / 100.0
@@ -126,7 +87,7 @@ def quantize_state_dict_int8(state: dict[str, Tensor], cfg: QuantConfig,
         if not t.is_floating_point():
             kind, out = "passthrough", {name: t.clone().contiguous()}
         elif t.numel() <= cfg.keep_float_max_numel:
-            kind, out = "float", {name: _keep_float(name, t, keep_fp32_patterns)}
+            kind, out = "float", {name: _keep_float(name, t, keep_fp32)}
         elif t.ndim == 2:
             q, scale = quantize_rows(t, clip_q)
             kind, out = "int8_row", {f"{name}.q": q, f"{name}.scale": scale}
@@ -143,7 +104,7 @@ def quantize_state_dict_int8(state: dict[str, Tensor], cfg: QuantConfig,
         "scheme": cfg.scheme,
         "clip_percentile": cfg.clip_percentile,
         "keep_float_max_numel": cfg.keep_float_max_numel,
-        "keep_fp32_patterns": list(keep_fp32_patterns),
+        "keep_fp32": sorted(keep_fp32),
         "tensors": entries,
     }
     return tensors, meta

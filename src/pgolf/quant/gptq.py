@@ -1,0 +1,239 @@
+"""Full-Hessian GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers"), as the records run it (reference §5.2, `gptq_quantize_weight`, PR #609).
+
+For a linear layer y = x Wᵀ the output error of a quantised Ŵ is tr((W - Ŵ) H (W - Ŵ)ᵀ) with
+H = E[x xᵀ] over calibration tokens. GPTQ quantises one column at a time and moves each column's
+rounding error onto the columns not yet quantised, weighted by the inverse Hessian: dead inputs
+(zero diagonal) are dropped, the diagonal is damped by `damp * mean(diag H)`, columns go in order of
+decreasing diagonal (act-order), the inverse comes from Cholesky factors, and the error is applied
+lazily between blocks of 128 columns. The scales are fixed beforehand by a clip rule (percentile,
+GPTQ-lite candidates or SDClip), so GPTQ only chooses codes.
+
+Hessians are collected with forward hooks on the inputs of every quantised linear; the tied
+embedding, which is the output head's weight, gets the Hessian of the head's input, the final-normed
+hidden state. Calibration text is training data (never validation) or sampled from the model itself;
+the seconds it takes are returned so the trainer can charge them to its clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.quant.intx import as_groups, clip_candidates, scales_from_clip
+from pgolf.quant.layout import TensorPlan, qmax
+
+
+class GPTQError(ValueError):
+    """The Hessian could not be factorised even after extra damping."""
+
+
+def prepare_hessian(h: Tensor, damp: float) -> tuple[Tensor, Tensor]:
+    """(damped Hessian, mask of dead columns) with dead diagonal entries set to 1."""
+    if not bool(torch.isfinite(h).all()):
+        raise GPTQError("the Hessian holds NaN or inf (activations overflowed during calibration)")
+    h = h.double().clone()  # (C, C)
+    dead = torch.diag(h) == 0  # (C,)
+    h[dead, dead] = 1.0
+    mean_diag = torch.diag(h).mean()
+    h.diagonal().add_(damp * float(mean_diag))
+    return h, dead
+
+
+def upper_cholesky_of_inverse(h: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor U of H^-1 (H^-1 = Uᵀ U), adding damping until H factorises."""
+    mean_diag = float(torch.diag(h).mean())
+    for attempt in range(6):
+        try:
+            lower = torch.linalg.cholesky(h)
+            inverse = torch.cholesky_inverse(lower)  # (C, C)
+            return torch.linalg.cholesky(inverse, upper=True)
+        except RuntimeError:  # torch.linalg.LinAlgError: not positive definite
+            h = h.clone()
+            h.diagonal().add_(max(damp, 1e-4) * mean_diag * 10 ** attempt)
+    raise GPTQError("the Hessian is not positive definite even with extra damping")
+
+
+def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, bits: int, *, block_size: int = 128,
+               act_order: bool = True, damp: float = 0.01) -> Tensor:
+    """GPTQ codes (R, C) int8 of w (R, C) for a Hessian h (C, C) and fixed per-element scales (R, C)."""
+    qm = qmax(bits)
+    w = w.double().clone()  # (R, C)
+    scale = scale.double()  # (R, C)
+    h, dead = prepare_hessian(h, damp)
+    w[:, dead] = 0.0
+    num_cols = w.shape[1]
+    diag = torch.diag(h)  # (C,)
+    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(num_cols, device=w.device)
+    w, scale, h = w[:, perm], scale[:, perm], h[perm][:, perm]
+    hinv = upper_cholesky_of_inverse(h, damp)  # (C, C)
+    codes = torch.zeros_like(w)  # (R, C)
+    for i1 in range(0, num_cols, block_size):
+        i2 = min(i1 + block_size, num_cols)
+        block = w[:, i1:i2].clone()  # (R, b)
+        errors = torch.zeros_like(block)  # (R, b)
+        for j in range(i2 - i1):
+            col, s = block[:, j], scale[:, i1 + j]  # (R,), (R,)
+            q = torch.clamp(torch.round(col / s), -qm, qm)  # (R,)
+            codes[:, i1 + j] = q
+            err = (col - q * s) / hinv[i1 + j, i1 + j]  # (R,)
+            block[:, j:] -= err[:, None] * hinv[i1 + j, i1 + j:i2][None, :]
+            errors[:, j] = err
+        w[:, i2:] -= errors @ hinv[i1:i2, i2:]
+    inverse_perm = torch.argsort(perm)
+    return codes[:, inverse_perm].to(torch.int8).contiguous()
+
+
+def output_error_per_row(w: Tensor, w_hat: Tensor, h: Tensor) -> Tensor:
+    """(R,) e_r H e_rᵀ: each output's mean squared error over the calibration inputs."""
+    e = (w.double() - w_hat.double())  # (R, C)
+    return ((e @ h.double()) * e).sum(dim=1)
+
+
+def quantize_rows_gptq(w: Tensor, plan: TensorPlan, h: Tensor, *, block_size: int, act_order: bool,
+                       damp: float) -> dict[str, Tensor]:
+    """GPTQ codes and scales for an intx_row plan; with several clip candidates (GPTQ-lite, a list of
+    SDClip k) GPTQ runs once per candidate and each row keeps the one with the lowest output error."""
+    rows = as_groups(w, plan)  # (R*G, g)
+    best: dict[str, Tensor] | None = None
+    best_err: Tensor | None = None
+    for clip in clip_candidates(rows, plan):
+        s_round, s_stored = scales_from_clip(clip, plan)  # (R*G,)
+        full = s_round.reshape(plan.rows, plan.num_groups).repeat_interleave(plan.cols // plan.num_groups, dim=1)
+        q = gptq_codes(w, h, full, plan.bits, block_size=block_size, act_order=act_order, damp=damp)  # (R, C)
+        err = output_error_per_row(w, q.double() * full.double(), h)  # (R,)
+        scale = s_stored.reshape(plan.rows, plan.num_groups)
+        if best is None or best_err is None:
+            best, best_err = {"q": q, "scale": scale}, err
+            continue
+        better = err < best_err  # (R,)
+        best = {"q": torch.where(better[:, None], q, best["q"]), "scale": torch.where(better[:, None], scale, best["scale"])}
+        best_err = torch.minimum(err, best_err)
+    assert best is not None
+    return {"q": best["q"].contiguous(), "scale": best["scale"].contiguous()}
+
+
+# ---------------------------------------------------------------- Hessians
+
+def quantised_linears(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Linear]:
+    """Weight name -> the linear module owning it, for the weights in `names` that belong to a linear."""
+    wanted = set(names)
+    return {f"{mod_name}.weight": mod for mod_name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and f"{mod_name}.weight" in wanted}
+
+
+class HessianAccumulator:
+    """Running Σ xᵀx and token count of one input stream (fp32 on the model's device)."""
+
+    def __init__(self) -> None:
+        self.sum: Tensor | None = None
+        self.count = 0
+
+    def add(self, x: Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()  # (N, C)
+        xtx = x.t() @ x  # (C, C)
+        self.sum = xtx if self.sum is None else self.sum + xtx
+        self.count += x.shape[0]
+
+    def mean(self) -> Tensor:
+        assert self.sum is not None and self.count > 0
+        return self.sum / self.count
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.device,
+                     names: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """Weight name -> H = mean over calibration tokens of x xᵀ (fp32, (in, in)) for every quantised linear
+    (all linears when `names` is None) and, when embeddings are tied, for `tok_emb.weight` from the
+    final-normed hidden state that the tied head reads. `batches` are token ids (B, T)."""
+    names = [n for n, _ in model.named_parameters()] if names is None else list(names)
+    linears = quantised_linears(model, names)
+    acc = {name: HessianAccumulator() for name in linears}
+    handles = [mod.register_forward_pre_hook(lambda m, args, a=acc[name]: a.add(args[0]))
+               for name, mod in linears.items()]
+    head_module = getattr(model, "lm_head", None)
+    tied = head_module is None and "tok_emb.weight" in names
+    head = HessianAccumulator()
+    was_training = model.training
+    model.eval()
+    try:
+        for ids in batches:
+            hidden = model.hidden_states(ids.to(device))  # (B, T, C)
+            if tied:
+                head.add(hidden)
+            elif head_module is not None:
+                model.logits_from_hidden(hidden)  # an untied head is a linear: its hook sees the hidden state
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    out = {name: a.mean() for name, a in acc.items() if a.count}
+    if tied and head.count:
+        out["tok_emb.weight"] = head.mean()
+    return out
+
+
+# ---------------------------------------------------------------- calibration
+
+@dataclass
+class Calibration:
+    """Hessians from calibration text and what they cost."""
+
+    hessians: dict[str, Tensor]
+    seconds: float
+    num_tokens: int
+    source: str
+
+
+class TrainingBatches(Protocol):
+    """What calibration needs of a training loader (`pgolf.data.loader.DistributedTokenLoader`)."""
+
+    def next_batch(self, micro_batch_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]: ...
+
+
+def training_batches(loader: TrainingBatches, num_batches: int, batch_tokens: int, seq_len: int) -> list[Tensor]:
+    """`num_batches` input batches (B, T) drawn from a loader over TRAINING shards (never validation)."""
+    return [loader.next_batch(batch_tokens, seq_len)[0] for _ in range(num_batches)]
+
+
+@torch.no_grad()
+def self_generated_batches(model: nn.Module, *, num_seqs: int, seq_len: int, vocab_size: int, temperature: float,
+                           seed: int, device: torch.device, batch_size: int = 8) -> list[Tensor]:
+    """Calibration text sampled from the model itself (PR #1019's AR calibration): random first tokens,
+    then `seq_len - 1` tokens sampled at `temperature`; no training or validation data is read."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    batches = []
+    model.eval()
+    for start in range(0, num_seqs, batch_size):
+        b = min(batch_size, num_seqs - start)
+        ids = torch.randint(0, vocab_size, (b, 1), generator=gen)  # (b, 1)
+        for _ in range(seq_len - 1):
+            logits = model.forward_logits(ids.to(device))[:, -1].float().cpu()  # (b, V)
+            probs = torch.softmax(logits / temperature, dim=-1)  # (b, V)
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=gen)], dim=1)  # (b, t+1)
+        batches.append(ids)
+    return batches
+
+
+def calibrate(model: nn.Module, batches: Iterable[Tensor] | None, device: torch.device, *, names: Iterable[str],
+              self_generate: dict[str, object] | None = None) -> Calibration:
+    """Hessians of the quantised linears from training `batches`, or (when `self_generate` holds the
+    keyword arguments of `self_generated_batches`) from text the model samples; timed."""
+    t0 = time.perf_counter()
+    if self_generate is not None:
+        batches = self_generated_batches(model, device=device, **self_generate)  # type: ignore[arg-type]
+        source = "self"
+    else:
+        assert batches is not None, "calibration needs training batches or self_generate"
+        source = "train"
+    batches = list(batches)
+    hessians = collect_hessians(model, batches, device, names)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return Calibration(hessians=hessians, seconds=time.perf_counter() - t0,
+                       num_tokens=sum(int(b.numel()) for b in batches), source=source)

@@ -1,0 +1,93 @@
+"""The counted code is the file that ships: a preset's single-file train_gpt.py runs where pgolf is not
+importable, reproduces the package's own score and bytes for the same seed, and holds exactly the
+modules the run imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgolf.bundle import build_bundle, bundle_modules, stripped_source
+from pgolf.flags import apply_overrides
+from pgolf.presets import get_preset
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = str(REPO / "src")
+
+# Runs a script with the pgolf package unreachable (its source folder off sys.path and no other copy
+# importable), then records which pgolf modules the run imported.
+HIDDEN = """
+import importlib.util, json, runpy, sys
+sys.path[:] = [p for p in sys.path if p.rstrip("/") != {src!r}]
+assert importlib.util.find_spec("pgolf") is None, "pgolf is still importable"
+sys.argv = ["train_gpt.py"] + {args!r}
+try:
+    runpy.run_path("train_gpt.py", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+mods = sorted(m for m in sys.modules if m == "pgolf" or m.startswith("pgolf."))
+origins = sorted({{getattr(sys.modules[m].__spec__, "origin", None) for m in mods}})
+open("imported.json", "w").write(json.dumps({{"modules": mods, "origins": origins}}))
+sys.exit(code)
+"""
+
+
+def pgolf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgolf", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_stripping_keeps_behaviour_and_drops_docs() -> None:
+    text = stripped_source("pgolf.eval.bpb")
+    assert '"""' not in text and "#" not in text.split("\n", 1)[1]
+    namespace: dict = {}
+    exec(compile(text, "bpb", "exec"), namespace)  # the stripped module still defines its functions
+    assert namespace["bits_per_byte"](2.0 * 0.6931471805599453, 2.0) == pytest.approx(1.0)
+
+
+def test_bundle_is_deterministic_and_follows_the_config() -> None:
+    cfg = get_preset("test-tiny")
+    assert build_bundle(cfg) == build_bundle(get_preset("test-tiny"))
+    assert build_bundle(cfg) != build_bundle(apply_overrides(cfg, ["--model.num_layers", "3"]))
+    # where a run goes is not baked in: the same config in another folder ships the same file
+    assert build_bundle(cfg) == build_bundle(apply_overrides(cfg, ["--out_dir", "elsewhere", "--run_id", "x"]))
+    # and every seed of an experiment ships the same script (the seed is given when it runs)
+    assert build_bundle(cfg) == build_bundle(apply_overrides(cfg, ["--train.seed", "42"]))
+    assert "pgolf.bundle" not in bundle_modules(cfg) and "pgolf.cli" not in bundle_modules(cfg)
+    assert "pgolf.prepare" not in bundle_modules(cfg)
+
+
+def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    flags = ["--preset", "test-tiny", "--train.iterations", "4", "--train.val_loss_every", "2"]
+    ran = pgolf("run", *flags, "--run_id", "seed1337", cwd=pkg)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "data").symlink_to(pkg / "data", target_is_directory=True)  # only the data, no source
+    made = pgolf("bundle", *flags, "-o", str(shipped / "train_gpt.py"), cwd=pkg)
+    assert made.returncode == 0, made.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--run_id", "seed1337"])],
+                          cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a = json.loads((pkg / "runs/seed1337/summary.json").read_text())
+    b = json.loads((shipped / "runs/seed1337/summary.json").read_text())
+    size = (shipped / "train_gpt.py").stat().st_size
+    assert b["code_bytes"] == size == a["code_bytes"]
+    assert b["val_bpb"] == a["val_bpb"] and b["model_bytes"] == a["model_bytes"]
+    assert (shipped / "runs/seed1337/final_model.int8.ptz").read_bytes() == \
+        (pkg / "runs/seed1337/final_model.int8.ptz").read_bytes()
+
+    imported = json.loads((shipped / "imported.json").read_text())
+    cfg = apply_overrides(get_preset("test-tiny"), flags[2:])
+    assert imported["modules"] == bundle_modules(cfg)  # nothing shipped that the run did not import
+    assert imported["origins"] == ["train_gpt.py"]  # and every module came from the bundle
