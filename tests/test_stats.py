@@ -134,7 +134,8 @@ def test_seeds_runs_each_seed_in_order_in_one_group(tmp_path: Path, monkeypatch:
 
     ran: list[tuple[int, str]] = []
 
-    def fake_execute(cfg: Any, command: str, prepare: Any = None) -> int:
+    def fake_execute(cfg: Any, command: str, prepare: Any = None, shutdown: bool = True) -> int:
+        assert not shutdown  # the process group outlives each seed
         ran.append((cfg.train.seed, cfg.run_id))
         fake_run(Path(cfg.out_dir) / cfg.run_id, cfg, val_bpb=1.0 + cfg.train.seed / 1000, val_loss=2.0)
         return 0
@@ -162,3 +163,24 @@ def test_seeds_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[s
         from pgolf.seeds import parse_seeds
 
         parse_seeds("a,b")
+
+
+@pytest.mark.slow
+def test_seeds_under_torchrun_run_one_after_another(tmp_path: Path) -> None:
+    # every rank runs the same seeds in order inside one process group (leaving and rejoining hangs)
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf", "seeds",
+           "--preset", "test-tiny", "--seeds", "5,6", "--group", "g", "--out_dir", str(tmp_path / "runs"),
+           "--data.dataset_dir", str(tmp_path / "data/ds"), "--data.tokenizer_path", str(tmp_path / "data/t.model"),
+           "--train.iterations", "2", "--train.val_loss_every", "0", "--train.warmup_steps", "0",
+           "--train.dtype", "float32"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "runs/g/seeds.json").read_text())
+    assert record["seeds"] == [5, 6] and all(r["steps"] == 2 for r in record["runs"])
+    headers = [json.loads((tmp_path / f"runs/g/seed{s}/header.json").read_text()) for s in (5, 6)]
+    assert [h["world_size"] for h in headers] == [2, 2] and headers[0]["experiment_hash"] == headers[1]["experiment_hash"]

@@ -76,8 +76,12 @@ def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfi
     load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
 
 
-def execute(cfg: RunConfig, command: str, prepare: Callable[[RunConfig], object] | None = None) -> int:
-    """Train, export, reload and score `cfg` in this process (one rank of torchrun, or alone)."""
+def execute(cfg: RunConfig, command: str, prepare: Callable[[RunConfig], object] | None = None, *,
+            shutdown: bool = True) -> int:
+    """Train, export, reload and score `cfg` in this process (one rank of torchrun, or alone).
+
+    `shutdown=False` keeps the process group for a caller that runs several configs in a row (`pgolf
+    seeds`): joining a torchrun group again after leaving it hangs, so such a caller leaves it once."""
     from pgolf.pipeline import run
 
     info = dist.init()
@@ -85,7 +89,8 @@ def execute(cfg: RunConfig, command: str, prepare: Callable[[RunConfig], object]
         ensure_data(cfg, info, prepare)
         summary = run(cfg, info, command=command)
     finally:
-        dist.shutdown()
+        if shutdown:
+            dist.shutdown()
     if not summary["within_byte_budget"]:
         raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
                         f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")

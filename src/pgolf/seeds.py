@@ -61,12 +61,16 @@ def run_seeds(cfg: RunConfig, seeds: Sequence[int], command: str, *, group: str 
     from pgolf.main import execute
 
     info = dist.init()
-    group = group or dist.broadcast_text(new_group_id(cfg.name) if info.is_main else "", info.device)
-    group_dir = Path(cfg.out_dir) / group
-    if (group_dir / SEEDS_FILE).exists():
-        raise UserError(f"{group_dir / SEEDS_FILE} exists; choose another --group or leave it empty for a fresh one")
-    for seed in seeds:
-        execute(seed_config(cfg, group_dir, seed), f"{command} [seed {seed}]", prepare=prepare)
+    try:
+        group = group or dist.broadcast_text(new_group_id(cfg.name) if info.is_main else "", info.device)
+        group_dir = Path(cfg.out_dir) / group
+        if (group_dir / SEEDS_FILE).exists():
+            raise UserError(f"{group_dir / SEEDS_FILE} exists; choose another --group or leave it empty for a fresh one")
+        # one process group for every seed: a torchrun rank cannot rejoin a group it has left
+        for seed in seeds:
+            execute(seed_config(cfg, group_dir, seed), f"{command} [seed {seed}]", prepare=prepare, shutdown=False)
+    finally:
+        dist.shutdown()
     if info.is_main:
         runs = [load_run(group_dir / seed_config(cfg, group_dir, s).run_id) for s in seeds]
         from pgolf.runlog import write_json_atomic
