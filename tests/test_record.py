@@ -254,3 +254,22 @@ def torch_equal(a: object, b: object) -> bool:
     import torch
 
     return bool(torch.equal(a, b))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("verb, expected", [
+    ("seeds", ("--seeds", "--group", "--model.num_layers")), ("compare", ("RUNS_A", "RUNS_B", "--policy", "frontier")),
+    ("export-record", ("RUN_DIR", "--out", "--author", "--github-id", "--blurb", "--date")),
+    ("verify", ("RECORD_DIR", "--replay", "--tolerance")), ("report", ("RUN_DIR", "--out")),
+])
+def test_every_new_verb_answers_help(verb: str, expected: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in expected), out
+
+
+def test_verify_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(tmp_path / "nope")]) == 2
+    assert main(["verify"]) == 2
+    assert main(["verify", str(tmp_path), "--tolerance", "x"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 3 and "nope" in err[0] and "RECORD_DIR" in err[1] and "--tolerance" in err[2]

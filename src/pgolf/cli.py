@@ -14,14 +14,13 @@ Flags are `--section.field VALUE` (e.g. `--model.num_layers 11`), typed by the d
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pgolf.config import ConfigError, RunConfig
 from pgolf.errors import UserError
@@ -266,68 +265,18 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
-class _VerbParser(argparse.ArgumentParser):
-    """argparse for the verbs that take folders rather than a config: a mistake is one UserError line."""
-
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message} (run with --help)")
-
-
-def _parse_verb(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace | None:
-    """Parsed arguments, or None after printing the help when it was asked for."""
-    if wants_help(args):
-        print(parser.format_help())
-        return None
-    return parser.parse_args(args)
-
-
-def _take_flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
-    """Pull `--name VALUE` (or `--name=VALUE`) out of an argument list."""
-    rest: list[str] = []
-    value = None
-    i = 0
-    while i < len(args):
-        if args[i] == name:
-            if i + 1 >= len(args):
-                raise UserError(f"{name} needs a value")
-            value, i = args[i + 1], i + 2
-            continue
-        if args[i].startswith(name + "="):
-            value = args[i].split("=", 1)[1]
-        else:
-            rest.append(args[i])
-        i += 1
-    return value, rest
-
-
-def _split_config_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    """(`--section.field VALUE` flags, everything else)."""
-    config: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        flag = args[i].partition("=")[0]
-        if flag.startswith("--") and "." in flag:
-            take = 1 if "=" in args[i] else 2
-            config += args[i:i + take]
-            i += take
-            continue
-        rest.append(args[i])
-        i += 1
-    return config, rest
-
-
 def cmd_seeds(args: list[str]) -> int:
     """Run a preset once per seed (one after another; under torchrun every rank runs the same seeds), then
     print mean, std and the per-seed table and write seeds.json beside the runs."""
     from pgolf.prepare import prepare
     from pgolf.seeds import parse_seeds, run_seeds
+    from pgolf.verbargs import take_flag
 
     usage = ("usage: pgolf seeds --preset NAME --seeds 1337,42,2025 [--group NAME] [--section.field VALUE ...]\n\n"
              "Each seed runs in its own folder OUT_DIR/GROUP/seedS (GROUP: NAME-seeds-DATE-TIME-RANDOM unless\n"
              "--group is given); OUT_DIR/GROUP/seeds.json holds the per-seed numbers, mean and std.")
-    seeds_text, rest = _take_flag(args, "--seeds")
-    group, rest = _take_flag(rest, "--group")
+    seeds_text, rest = take_flag(args, "--seeds")
+    group, rest = take_flag(rest, "--group")
     if wants_help(rest):
         preset, _ = split_preset(rest)
         print_config_help(usage, get_preset(preset or DEFAULT_PRESET))
@@ -345,35 +294,24 @@ def cmd_seeds(args: list[str]) -> int:
 
 def cmd_compare(args: list[str]) -> int:
     """Is B better than A? Welch's one-sided t-test over seeds on val_loss and val_bpb, and a verdict."""
-    import json
-    import math
-
-    from pgolf.seeds import compare
+    from pgolf.seeds import compare, save_json
     from pgolf.stats import POLICIES
+    from pgolf.verbargs import VerbParser, parse_verb
 
-    parser = _VerbParser(prog="pgolf compare", description=cmd_compare.__doc__)
+    parser = VerbParser(prog="pgolf compare", description=cmd_compare.__doc__)
     for side, role in (("runs_a", "the incumbent"), ("runs_b", "the candidate")):
         parser.add_argument(side, metavar=side.upper(), help=f"{role}: a run folder, a folder of run folders, a glob, "
                                                                f"or several of these separated by commas")
     parser.add_argument("--policy", choices=list(POLICIES), default="readme",
                         help="; ".join(f"{p.name}: {p.rule}" for p in POLICIES.values()) + " (default: readme)")
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
-    ns = _parse_verb(parser, args)
+    ns = parse_verb(parser, args)
     if ns is None:
         return 0
     lines, result = compare(ns.runs_a, ns.runs_b, ns.policy)
     print("\n".join(lines))
     if ns.json:
-        from pgolf.fileio import write_bytes_atomic
-
-        def clean(x: Any) -> Any:
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [clean(v) for v in x]
-            return None if isinstance(x, float) and not math.isfinite(x) else x
-
-        write_bytes_atomic(ns.json, (json.dumps(clean(result), indent=2) + "\n").encode("utf-8"))
+        save_json(ns.json, result)
     return 0
 
 
@@ -381,8 +319,9 @@ def cmd_export_record(args: list[str]) -> int:
     """Write a record folder (README.md, submission.json, train_seed{S}.log, requirements.txt, train_gpt.py)
     from the finished runs of one experiment's seeds."""
     from pgolf.record import RecordMeta, default_date, export_record
+    from pgolf.verbargs import VerbParser, parse_verb
 
-    parser = _VerbParser(prog="pgolf export-record", description=cmd_export_record.__doc__)
+    parser = VerbParser(prog="pgolf export-record", description=cmd_export_record.__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run folders, folders of run folders or globs (the seeds of one experiment)")
     parser.add_argument("--out", required=True, help="the record folder to create, e.g. "
@@ -393,7 +332,7 @@ def cmd_export_record(args: list[str]) -> int:
     parser.add_argument("--blurb", default="", help="one paragraph on what the submission does")
     parser.add_argument("--date", default="", help="YYYY-MM-DD (default: the date the --out folder's name starts "
                                                    "with, else today)")
-    ns = _parse_verb(parser, args)
+    ns = parse_verb(parser, args)
     if ns is None:
         return 0
     from pgolf.runinfo import load_runs
@@ -408,9 +347,10 @@ def cmd_export_record(args: list[str]) -> int:
 
 def cmd_verify(args: list[str]) -> int:
     """Check a record folder as a reviewer would; one PASS/FAIL/SKIP line per check, exit 0 when none fails."""
+    from pgolf.verbargs import VerbParser, parse_verb, split_config_flags
     from pgolf.verify import verify_record
 
-    parser = _VerbParser(prog="pgolf verify", description=cmd_verify.__doc__,
+    parser = VerbParser(prog="pgolf verify", description=cmd_verify.__doc__,
                          epilog="--section.field VALUE flags (e.g. --data.dataset_dir) override the artifact's stored "
                                 "config for --replay.")
     parser.add_argument("record", metavar="RECORD_DIR")
@@ -419,8 +359,8 @@ def cmd_verify(args: list[str]) -> int:
                              "val_bpb; repeatable")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest |val_bpb difference| a replay may "
                                                                       "show (default: 1e-4)")
-    overrides, rest = _split_config_flags(args)
-    ns = _parse_verb(parser, rest)
+    overrides, rest = split_config_flags(args)
+    ns = parse_verb(parser, rest)
     if ns is None:
         return 0
     checks = verify_record(ns.record, ns.replay, ns.tolerance, overrides)
@@ -434,12 +374,13 @@ def cmd_verify(args: list[str]) -> int:
 def cmd_report(args: list[str]) -> int:
     """PNG plots (loss against time and tokens, val_bpb, LR, per-tensor bits and bytes) and report.md for runs."""
     from pgolf.report import make_report
+    from pgolf.verbargs import VerbParser, parse_verb
 
-    parser = _VerbParser(prog="pgolf report", description=cmd_report.__doc__)
+    parser = VerbParser(prog="pgolf report", description=cmd_report.__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, folders of run folders or globs")
     parser.add_argument("--out", default="", help="output folder (default: RUN_DIR/report for one run, else "
                                                   "./report)")
-    ns = _parse_verb(parser, args)
+    ns = parse_verb(parser, args)
     if ns is None:
         return 0
     out = ns.out or (str(Path(ns.runs[0]) / "report") if len(ns.runs) == 1 and "," not in ns.runs[0]

@@ -158,3 +158,20 @@ def compare(spec_a: str, spec_b: str, policy_name: str) -> tuple[list[str], dict
                             **values[s]} for s, runs in sides.items()}}
     return lines, result
 
+
+
+def save_json(path: str | Path, result: dict[str, Any]) -> None:
+    """Write a comparison result as JSON (NaN, where a test is undefined, becomes null)."""
+    import json
+    import math
+
+    from pgolf.fileio import write_bytes_atomic
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    write_bytes_atomic(path, (json.dumps(clean(result), indent=2) + "\n").encode("utf-8"))
