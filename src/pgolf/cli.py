@@ -378,13 +378,13 @@ def cmd_report(args: list[str]) -> int:
 
     parser = VerbParser(prog="pgolf report", description=cmd_report.__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, folders of run folders or globs")
-    parser.add_argument("--out", default="", help="output folder (default: RUN_DIR/report for one run, else "
-                                                  "./report)")
+    parser.add_argument("--out", default="", help="output folder (default: RUN_DIR/report when one folder is "
+                                                  "given, else ./report)")
     ns = parse_verb(parser, args)
     if ns is None:
         return 0
-    out = ns.out or (str(Path(ns.runs[0]) / "report") if len(ns.runs) == 1 and "," not in ns.runs[0]
-                     and (Path(ns.runs[0]) / "header.json").is_file() else "report")
+    one_folder = len(ns.runs) == 1 and "," not in ns.runs[0] and Path(ns.runs[0]).is_dir()
+    out = ns.out or (str(Path(ns.runs[0]) / "report") if one_folder else "report")
     print(f"report: {make_report(ns.runs, out)}")
     return 0
 
