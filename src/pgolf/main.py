@@ -76,17 +76,22 @@ def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfi
     load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
 
 
-def execute(cfg: RunConfig, command: str, code_bytes: int, prepare: Callable[[RunConfig], object] | None = None) -> int:
-    """Train, export, reload and score `cfg` in this process (one rank of torchrun, or alone); `code_bytes`
-    is the counted code shipped with the artifact (the size of the run's single-file bundle)."""
+def execute(cfg: RunConfig, command: str, code: bytes, prepare: Callable[[RunConfig], object] | None = None, *,
+            shutdown: bool = True) -> int:
+    """Train, export, reload and score `cfg` in this process (one rank of torchrun, or alone); `code` is
+    the counted code shipped with the artifact: the run's single-file bundle, byte for byte.
+
+    `shutdown=False` keeps the process group for a caller that runs several configs in a row (`pgolf
+    seeds`): joining a torchrun group again after leaving it hangs, so such a caller leaves it once."""
     from pgolf.pipeline import run
 
     info = dist.init()
     try:
         ensure_data(cfg, info, prepare)
-        summary = run(cfg, info, command=command, code_bytes=code_bytes)
+        summary = run(cfg, info, command=command, code=code)
     finally:
-        dist.shutdown()
+        if shutdown:
+            dist.shutdown()
     if not summary["within_byte_budget"]:
         raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
                         f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
@@ -103,10 +108,11 @@ def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None =
             return 0
         cfg = run_config_from_dict(json.loads(baked))
         cfg = apply_overrides(apply_env(cfg, os.environ if environ is None else environ), argv)
-        shipped = os.path.getsize(sys.argv[0]) if os.path.isfile(sys.argv[0]) else 0
-        if shipped <= 0:
+        if not os.path.isfile(sys.argv[0]):
             raise UserError(f"cannot measure the counted code: {sys.argv[0]!r} is not a file; run the script by its path")
-        return execute(cfg, f"{prog} {shlex.join(argv)}".strip(), code_bytes=shipped)
+        with open(sys.argv[0], "rb") as f:
+            shipped = f.read()
+        return execute(cfg, f"{prog} {shlex.join(argv)}".strip(), code=shipped)
     except (UserError, ConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ periodic evaluation is a closure over them that returns numbers.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pgolf.artifact import read_artifact
 from pgolf.config import RunConfig
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
-from pgolf.fileio import remove_orphan_temps
+from pgolf.fileio import remove_orphan_temps, write_bytes_atomic
 from pgolf.quant.export import ExportResult
 from pgolf.reference import reference_compression_bpb, val_text_bytes
 from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
@@ -27,6 +28,7 @@ from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
 from pgolf.train import TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
+CODE_NAME = "train_gpt.py"
 # Files whose presence marks a folder as holding a run.
 RUN_FILES = frozenset({"header.json", "log.txt", "metrics.jsonl", "summary.json", ARTIFACT_NAME,
                        "final_model.safetensors"})
@@ -51,14 +53,20 @@ def run_folder(cfg: RunConfig, info: DistInfo, resume: bool = False) -> Path:
     return run_dir
 
 
-def start_run(cfg: RunConfig, info: DistInfo, command: str, resume: bool = False) -> tuple[Path, RunLogger]:
-    """The run folder and its logger, with the self-describing header already written."""
+def start_run(cfg: RunConfig, info: DistInfo, command: str, code: bytes,
+              resume: bool = False) -> tuple[Path, RunLogger]:
+    """The run folder and its logger, with the self-describing header already written. The log starts with
+    the counted code's sha256 and size, and that code (the single-file train_gpt.py) is written beside it."""
     cfg.validate()
     if info.is_main:
         for folder in (cfg.out_dir, cfg.dataset_dir, str(Path(cfg.tokenizer_path).parent)):
             remove_orphan_temps(folder)
     run_dir = run_folder(cfg, info, resume)
     log = RunLogger(run_dir, is_main=info.is_main)
+    if info.is_main:
+        write_bytes_atomic(run_dir / CODE_NAME, code)
+    log.line(f"code_sha256 {hashlib.sha256(code).hexdigest()} bytes {len(code)}")
+    log.line(f"(the counted code: {CODE_NAME} beside this log)")
     log.header(run_header(cfg, world_size=info.world_size, data_fingerprint=data_fingerprint(cfg),
                           command=command, run_id=run_dir.name))
     return run_dir, log
@@ -70,7 +78,7 @@ def artifact_notes(result: TrainResult) -> dict[str, Any]:
     return {"steps": result.steps, "stopped_by": result.stopped_by}
 
 
-def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, code_bytes: int) -> ExportResult:
+def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, code: bytes) -> ExportResult:
     """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it).
 
     Stages (pgolf.quant): plan from the role table -> GPTQ calibration on training shards when
@@ -81,7 +89,7 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, c
     save_raw_model(result.model, run_dir / "final_model.safetensors")
     if result.sensitivity is not None:
         write_json_atomic(run_dir / SENSITIVITY_FILE, result.sensitivity)
-    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=code_bytes,
+    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=len(code),
                        sensitivity=load_sensitivity(run_dir / SENSITIVITY_FILE),
                        extra_meta=artifact_notes(result))
     art = res.info
@@ -94,18 +102,18 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, c
     return res
 
 
-def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train", code_bytes: int,
+def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train", code: bytes,
                      resume_from: Path | None = None) -> None:
     """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
-    run_dir, log = start_run(cfg, info, command, resume=resume_from is not None)
+    run_dir, log = start_run(cfg, info, command, code, resume=resume_from is not None)
     result = train(cfg, info, log, resume_from=resume_from)
     if info.is_main:
-        export(cfg, result, run_dir, log, code_bytes)
+        export(cfg, result, run_dir, log, code)
 
 
-def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code_bytes: int) -> dict[str, Any]:
+def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: bytes) -> dict[str, Any]:
     """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
-    run_dir, log = start_run(cfg, info, command)
+    run_dir, log = start_run(cfg, info, command, code)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
     val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, cfg.model.vocab_size, seq_len,
                         cfg.eval.max_tokens)
@@ -120,7 +128,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code_byte
 
     artifact_path = run_dir / ARTIFACT_NAME
     if info.is_main:
-        export(cfg, result, run_dir, log, code_bytes)
+        export(cfg, result, run_dir, log, code)
     dist.barrier()
     t0 = time.perf_counter()
     loaded = read_artifact(artifact_path)

@@ -184,7 +184,8 @@ class RunLogger:
         if self.run_dir is not None:
             write_json_atomic(self.run_dir / "header.json", header)
         data = header.get("data", {})
-        self.line(f"pgolf {header['versions']['pgolf']} | config {header['config_hash']} | seed {header['seed']} | "
+        self.line(f"pgolf {header['versions']['pgolf']} | config {header['config_hash']} | "
+                  f"experiment {header['experiment_hash']} | seed {header['seed']} | "
                   f"world {header['world_size']} | commit {header['git_commit'][:12]}")
         self.line(f"hardware {header['hardware']['cpu']} | torch {header['versions']['torch']} | "
                   f"threads {header['hardware']['torch_threads']}")
