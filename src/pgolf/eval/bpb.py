@@ -163,6 +163,10 @@ class TokenLedger:
             raise LedgerError(f"positions in {lo}..{hi - 1} were scored by more than one rank")
         self._scored[lo:hi] |= counts > 0
 
+    def bos_positions(self) -> list[int]:
+        """Where documents start: the one fact about the stream a document-level plan reads before scoring."""
+        return np.flatnonzero(self._is_bos).tolist()
+
     # ---------------------------------------------------------------- adapter side
     def _check_scored(self, lo: int, hi: int) -> None:
         # The span's first token is context only: scored, the stream's first token, or a document's BOS

@@ -20,7 +20,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,7 @@ class EvalResult:
     num_bytes: int
     seconds: float
     ledger: LedgerReport | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per part (score, adapt) where measured
 
 
 def window_rows(windows: list[Window]) -> np.ndarray:
@@ -122,7 +123,7 @@ def score_rows(model: nn.Module, ledger: TokenLedger, rows: np.ndarray, *, batch
     if len(rows) == 0:
         return
     rows_dev = torch.from_numpy(rows).to(ledger.device)  # (R, 3)
-    bar = _progress_bar(len(rows)) if progress else None
+    bar = progress_bar(len(rows), "eval", "win") if progress else None
     for i0, i1 in _batch_slices(rows[:, 2], max(1, batch_rows)):
         batch, batch_dev = rows[i0:i1], rows_dev[i0:i1]
         col0 = int(batch[:, 1].min())
@@ -136,10 +137,9 @@ def score_rows(model: nn.Module, ledger: TokenLedger, rows: np.ndarray, *, batch
         bar.close()
 
 
-def _progress_bar(total: int) -> tqdm:
-    # A bar only on a terminal: redirected output (logs, CI) stays one line per event.
-    return tqdm(total=total, desc="eval", unit="win", leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+def progress_bar(total: int, desc: str, unit: str) -> tqdm:
+    """A bar only on a terminal: redirected output (logs, CI) stays one line per event."""
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
 @contextlib.contextmanager
