@@ -2,7 +2,7 @@
 
     pgolf prepare  [--preset P] [--prepare.* --data.*]   embedded corpus -> tokenizer -> shards
     pgolf train    [--preset P] [overrides]              train and export the artifact (no final eval)
-    pgolf eval ARTIFACT [--data.* --eval.*]              score an artifact (roundtrip from disk)
+    pgolf eval ARTIFACT [--data.* --eval.* --ttt.*]      score an artifact (roundtrip), write compliance.json
     pgolf run      --preset P [overrides]                every stage, then a summary
     pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
     pgolf presets                                        list presets
@@ -136,16 +136,19 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    """Score an artifact file on the validation shards (its own eval settings unless overridden)."""
+    """Score an artifact file on the validation shards (its own eval settings unless overridden) and write
+    compliance.json beside it; exit status 1 when the evaluation is not compliant."""
     from pgolf import dist
     from pgolf.artifact import read_artifact
-    from pgolf.scoring import eval_artifact
+    from pgolf.eval.compliance import COMPLIANCE_NAME, evaluate_with_report, format_report
+    from pgolf.scoring import eval_line
 
     if wants_help(args):
         preset, _ = split_preset(args)
-        print_config_help("usage: pgolf eval ARTIFACT [--preset NAME] [--data.* --eval.* ...]\n\n"
+        print_config_help("usage: pgolf eval ARTIFACT [--preset NAME] [--data.* --eval.* --ttt.* ...]\n\n"
                           "Scores ARTIFACT on the validation shards with the data and eval settings stored in it,\n"
-                          "or those of --preset, with any flag overriding them.", get_preset(preset or DEFAULT_PRESET))
+                          "or those of --preset, with any flag overriding them (--eval.ttt chunked|lora adapts\n"
+                          "score-first), and writes compliance.json next to it.", get_preset(preset or DEFAULT_PRESET))
         return 0
     if not args or args[0].startswith("-"):
         raise UserError("pgolf eval needs the artifact path first: pgolf eval runs/NAME/final_model.int8.ptz [--data.* --eval.*]")
@@ -157,10 +160,14 @@ def cmd_eval(args: list[str]) -> int:
     cfg = parse_config(rest, default, "pgolf eval ARTIFACT")
     info = _init_dist()
     try:
-        eval_artifact(path, cfg, info)
+        scored, report = evaluate_with_report(path, cfg, info, check_bytes=True)
     finally:
         dist.shutdown()
-    return 0
+    if info.is_main:
+        print(eval_line(scored.result, cfg, scored.info.total_bytes))
+        print("\n".join(format_report(report)))
+        print(f"compliance report: {Path(path).with_name(COMPLIANCE_NAME)}")
+    return 0 if report["compliant"] else 1
 
 
 def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:
@@ -190,6 +197,10 @@ def cmd_run(args: list[str]) -> int:
     if not summary["within_byte_budget"]:
         raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
                         f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
+    if not summary["compliant"]:
+        print(f"pgolf: the run is NON-COMPLIANT ({'; '.join(summary['compliance_failures'])}); see its compliance.json",
+              file=sys.stderr)
+        return 1
     return 0
 
 

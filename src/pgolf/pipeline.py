@@ -1,14 +1,14 @@
-"""Whole runs: train -> export the artifact -> reload it from disk -> evaluate -> summary.
+"""Whole runs: train -> export the artifact -> reload it from disk -> evaluate -> summary + compliance.json.
 
 The scored number is always the one measured on the model rebuilt from the artifact file (the
-roundtrip), never the in-memory weights. Validation tokens reach only the evaluator; the trainer's
-periodic evaluation is a closure over them that returns numbers.
+roundtrip), never the in-memory weights; test-time training, when configured, adapts only that
+reloaded model, after export. Validation tokens reach only the evaluator; the trainer's periodic
+evaluation is a closure over them that returns numbers.
 """
 
 from __future__ import annotations
 
 import lzma
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,14 @@ import brotli
 import torch
 
 from pgolf import dist
-from pgolf.artifact import ArtifactInfo, read_artifact, write_artifact
+from pgolf.artifact import ArtifactInfo, write_artifact
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.model.roles import param_roles
 from pgolf.prepare import data_fingerprint, val_text_bytes
 from pgolf.runlog import RunLogger, run_header, write_json_atomic
-from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
+from pgolf.eval.compliance import COMPLIANCE_NAME, evaluate_with_report, format_report
+from pgolf.scoring import ArtifactScore, ValData, load_val_data, run_eval
 from pgolf.train import TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
@@ -88,12 +89,8 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     if info.is_main:
         export(cfg, result, run_dir, log)
     dist.barrier()
-    t0 = time.perf_counter()
-    loaded = read_artifact(artifact_path)
-    reloaded = build_model_from_artifact(loaded, info.device)
-    post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
-    eval_seconds = time.perf_counter() - t0
-    art = loaded.info
+    scored, report = final_evaluation(cfg, info, artifact_path, val, result.train_seconds, run_dir)
+    post, art, eval_seconds = scored.result, scored.info, report["time"]["eval_seconds"]
     info_bytes = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "artifact_sha256": art.sha256}
     summary = {
@@ -122,6 +119,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
         "val_bytes_scored": post.num_bytes,
         "world_size": info.world_size,
         "seed": cfg.train.seed,
+        **compliance_summary(report),
     }
     if info.is_main:
         summary["reference_bpb"] = reference_compression_bpb(val_text_bytes(val.tokens.numpy(), val.sp))
@@ -130,6 +128,23 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
         for line in format_summary(summary):
             log.line(line)
     return summary
+
+
+def final_evaluation(cfg: RunConfig, info: DistInfo, artifact_path: Path, val: ValData, train_seconds: float,
+                     run_dir: Path) -> tuple[ArtifactScore, dict[str, Any]]:
+    """The scored evaluation of a run: reload the artifact from disk, evaluate it as eval.ttt says (adaptation only
+    ever touches this reloaded model, never the trained one), and write compliance.json in the run folder."""
+    return evaluate_with_report(artifact_path, cfg, info, val=val, train_seconds=train_seconds,
+                                report_path=run_dir / COMPLIANCE_NAME)
+
+
+def compliance_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The summary's compliance fields: verdict, reasons, the readable block, stages and ledger counts."""
+    adapted = report["conditions"]["score_before_update"]["checked"]["predictions_adapted_on"]
+    return {"compliant": report["compliant"], "compliance_failures": report["failures"],
+            "compliance_lines": format_report(report), "eval_ttt": report["evaluation"]["ttt"],
+            "eval_stages_seconds": report["time"]["stages_seconds"], "val_predictions_adapted_on": adapted,
+            "code_bytes_with_eval_code": report["bytes"]["code_bytes"]}
 
 
 def format_summary(s: dict[str, Any]) -> list[str]:
@@ -147,5 +162,6 @@ def format_summary(s: dict[str, Any]) -> list[str]:
         f"train {s['train_seconds']:.1f} s, {s['steps']} steps ({s['stopped_by']}), {s['tokens_per_second']:,.0f} tok/s, "
         f"peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB, {s['num_parameters']:,} params",
         f"eval {s['eval_seconds']:.1f} s | reference on the same text: xz {ref['xz']:.3f} bpb, brotli {ref['brotli']:.3f} bpb",
+        *s["compliance_lines"],
         "=" * 72,
     ]
