@@ -16,7 +16,7 @@ from pgolf.eval.bpb import target_byte_counts
 from pgolf.eval.bpb import LedgerError, TokenLedger
 from pgolf.eval.sliding import (evaluate, evaluate_standard, rank_share, score_rows, truncate_for_eval, window_plan,
                                 window_rows)
-from pgolf.tokenizer import BOS_ID, build_byte_luts, encode_documents, load_tokenizer
+from pgolf.tokenizer import BOS_ID, ByteLuts, build_byte_luts, encode_documents, load_tokenizer
 
 
 class CacheBigramModel(nn.Module):
@@ -189,3 +189,26 @@ def test_bf16_autocast_is_close_to_fp32(stream: tuple[torch.Tensor, object]) -> 
     bf16 = evaluate(model, val, luts, seq_len=64, stride=32, batch_tokens=512, autocast_bf16=True)
     assert bf16.bpb == pytest.approx(fp32.bpb, rel=2e-2) and bf16.num_bytes == fp32.num_bytes
     assert fp32.seconds > 0
+
+
+def test_sliding_equals_a_slow_reference_on_a_small_gpt_at_any_length() -> None:
+    # One forward per prediction with exactly the context the sliding rule promises it: the window
+    # starting at the smallest multiple of the stride that still holds the target, or at 0.
+    from pgolf.config import ModelConfig
+    from pgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1)).eval()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 64, (90,), generator=g)  # (N,)
+    no = torch.zeros(64, dtype=torch.bool)
+    table = ByteLuts(torch.ones(64, dtype=torch.int16), no, no)
+    for seq_len, stride in [(24, 5), (70, 16)]:  # 70: past any rotary length cached so far
+        ledger = TokenLedger(tokens, table)
+        with torch.inference_mode():
+            score_rows(model, ledger, window_rows(window_plan(tokens.numel(), seq_len, stride)), batch_rows=3)
+            reference = torch.zeros(tokens.numel())
+            for t in range(1, tokens.numel()):
+                ws = max(0, -(-(t - seq_len) // stride) * stride)
+                reference[t] = model.per_token_nll(tokens[None, ws:t], tokens[None, ws + 1: t + 1])[0, -1]
+        assert torch.allclose(ledger.token_losses(), reference, atol=2e-5), (seq_len, stride)

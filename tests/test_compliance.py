@@ -1,0 +1,173 @@
+"""The compliance report and the separation of data: `pgolf eval` writes compliance.json and exits 1
+when a budget is missed; the probe catches a model that peeks ahead or does not normalise; TTT code
+outside the counted list is charged; training opens only training shards and evaluation only
+validation shards."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_text import TINY_VOCAB, make_documents
+
+import pgolf
+from pgolf.cli import main
+from pgolf.config import (BudgetConfig, DataConfig, EvalConfig, ModelConfig, QuantConfig, RunConfig, TrainConfig,
+                          TTTConfig, config_to_dict)
+from pgolf.data.shards import read_shard_header, shard_name, write_documents_as_shards
+from pgolf.dist import DistInfo
+from pgolf.eval.compliance import build_report, probe_model, uncounted_eval_code
+from pgolf.artifact import write_artifact
+from pgolf.model.gpt import GPT
+from pgolf.pipeline import control_names
+from pgolf.scoring import score_artifact
+from pgolf.tokenizer import BOS_ID, encode_documents, load_tokenizer
+from pgolf.train import Trainer
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path]:
+    """Train and validation shards of generated text, and an artifact of an untrained tiny model."""
+    root = tmp_path_factory.mktemp("compliance")
+    sp = load_tokenizer(tiny_tokenizer, TINY_VOCAB)
+    for split, seed in (("train", 1), ("val", 2)):
+        docs = encode_documents(sp, make_documents(15_000, seed=seed))
+        write_documents_as_shards(root / "data", split, docs, bos_id=BOS_ID, shard_tokens=3_000)
+    cfg = RunConfig(name="c", out_dir=str(root / "runs"),
+                    model=ModelConfig(vocab_size=TINY_VOCAB, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1),
+                    train=TrainConfig(train_batch_tokens=128, train_seq_len=32, grad_accum_steps=1, warmup_steps=0),
+                    data=DataConfig(source="fineweb", dataset_dir=str(root / "data"),
+                                    tokenizer_path=str(tiny_tokenizer)),
+                    quant=QuantConfig(keep_float_max_numel=256),
+                    eval=EvalConfig(seq_len=32, stride=16, batch_tokens=512, max_tokens=800),
+                    ttt=TTTConfig(chunk_tokens=300, batch_seqs=4, lora_chunk=16, lora_batch_docs=4),
+                    budget=BudgetConfig(artifact_max_bytes=1_000_000, train_seconds=60.0)).validate()
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    art = root / "runs" / "model.ptz"
+    write_artifact(art, model.state_dict(), model_config=config_to_dict(cfg.model), run_config=config_to_dict(cfg),
+                   quant=cfg.quant, keep_fp32_patterns=control_names(model), extra_meta={"train_seconds": 12.5})
+    return cfg, art
+
+
+@pytest.mark.parametrize("mode", ["none", "chunked", "lora"])
+def test_eval_writes_a_compliant_report(setup: tuple[RunConfig, Path], mode: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, art = setup
+    tokens = 800 if mode == "none" else 320  # eval.max_tokens
+    assert main(["eval", str(art), "--eval.ttt", mode, "--eval.max_tokens", str(tokens)]) == 0
+    out = capsys.readouterr().out
+    assert "compliance: COMPLIANT" in out and f"ttt {mode}" in out
+    rep = json.loads(art.with_name("compliance.json").read_text())
+    assert rep["compliant"] and rep["failures"] == [] and rep["evaluation"]["ttt"] == mode
+    assert set(rep["conditions"]) == {"causal", "normalized", "score_before_update", "single_pass"}
+    assert all(c["ok"] and c["guarantee"] for c in rep["conditions"].values())
+    once = rep["conditions"]["single_pass"]["checked"]
+    assert once["scored_exactly_once"] == once["predictions"] == rep["evaluation"]["tokens"] == tokens
+    adapted = rep["conditions"]["score_before_update"]["checked"]["predictions_adapted_on"]
+    assert (adapted == 0) == (mode == "none") and adapted < tokens
+    assert rep["time"]["train_seconds"] == 12.5 and rep["time"]["train_ok"] and rep["time"]["eval_ok"]
+    stage = {"none": "sliding", "chunked": "ttt_chunked", "lora": "ttt_lora"}[mode]
+    assert set(k for k in rep["time"]["stages_seconds"] if "." not in k) == {"load", stage}
+    b = rep["bytes"]
+    assert b["total_bytes"] == b["code_bytes"] + b["model_bytes"] == (b["counted_code_bytes"] + b["model_bytes"]
+                                                                      + sum(b["uncounted_eval_code"].values()))
+
+
+def test_over_budget_evaluation_is_non_compliant(setup: tuple[RunConfig, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, art = setup
+    assert main(["eval", str(art), "--budget.eval_seconds", "0.000001", "--budget.train_seconds", "10",
+                 "--eval.max_tokens", "200"]) == 1
+    assert "NON-COMPLIANT" in capsys.readouterr().out
+    rep = json.loads(art.with_name("compliance.json").read_text())
+    assert not rep["compliant"] and not rep["time"]["eval_ok"] and rep["time"]["train_ok"] is False
+    assert any("evaluation took" in f for f in rep["failures"]) and any("training took" in f for f in rep["failures"])
+    scored = score_artifact(art, dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_tokens=200)), CPU)
+    tight = dataclasses.replace(cfg, budget=BudgetConfig(artifact_max_bytes=scored.info.total_bytes - 1))
+    over = build_report(tight, scored, probe_model(scored.model, TINY_VOCAB, 32, CPU.device), 1, None)
+    assert not over["compliant"] and over["failures"] == [f"{scored.info.total_bytes:,} bytes, over the "
+                                                          f"{scored.info.total_bytes - 1:,} byte budget"]
+    assert over["time"]["train_ok"] is None  # unknown training time is reported, not assumed
+
+
+class PeekingGPT(GPT):
+    """Mixes the next token's embedding into each position: a causality leak the probe must catch."""
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = super().hidden_states(input_ids)  # (B, T, C)
+        return h + 0.5 * self.tok_emb(input_ids.roll(-1, dims=1))
+
+
+class UnnormalisedGPT(GPT):
+    """Scores only the realised token's logit, not a softmax over the vocabulary."""
+
+    def per_token_nll(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        return -self.forward_logits(input_ids).gather(-1, target_ids[..., None])[..., 0]
+
+
+def test_probe_catches_leaks_and_unnormalised_scores() -> None:
+    cfg = ModelConfig(vocab_size=64, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1)
+    torch.manual_seed(0)
+    honest = probe_model(GPT(cfg), 64, 32, CPU.device)
+    assert honest["causal_ok"] and honest["normalized_ok"] and honest["later_logits_max_abs_change"] > 0
+    assert not probe_model(PeekingGPT(cfg), 64, 32, CPU.device)["causal_ok"]
+    unnorm = probe_model(UnnormalisedGPT(cfg), 64, 32, CPU.device)
+    assert unnorm["causal_ok"] and not unnorm["normalized_ok"]
+
+
+def test_ttt_code_outside_the_counted_list_is_charged() -> None:
+    from pgolf.artifact import COUNTED_MODULES
+
+    root = Path(pgolf.__file__).parent
+    assert uncounted_eval_code("none") == {}
+    for mode, rel in (("chunked", "eval/ttt.py"), ("lora", "eval/lora.py")):
+        expected = {} if rel in COUNTED_MODULES else {rel: (root / rel).stat().st_size}
+        assert uncounted_eval_code(mode) == expected
+
+
+@pytest.fixture
+def opened_shards(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the shards opened from now on: every shard reader validates the header first."""
+    import pgolf.data.loader  # noqa: F401  (bind it before patching)
+
+    seen: list[str] = []
+
+    def recording(path: str | Path) -> int:
+        seen.append(Path(path).name)
+        return read_shard_header(path)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("pgolf") and getattr(module, "read_shard_header", None) \
+                is read_shard_header:
+            monkeypatch.setattr(module, "read_shard_header", recording)
+    return seen
+
+
+def test_training_opens_only_training_shards(setup: tuple[RunConfig, Path], opened_shards: list[str]) -> None:
+    cfg, _ = setup
+    trainer = Trainer(cfg, CPU)
+    for step in range(3):
+        trainer.step(step, 1.0)
+    assert opened_shards and all(name.startswith("fineweb_train_") for name in opened_shards)
+    assert shard_name("val", 0) not in opened_shards
+
+
+def test_training_code_never_names_the_validation_split() -> None:
+    root = Path(pgolf.__file__).parent
+    for rel in ("train.py", "data/loader.py"):
+        constants = {n.value for n in ast.walk(ast.parse((root / rel).read_text())) if isinstance(n, ast.Constant)}
+        assert "val" not in constants, rel
+
+
+def test_evaluation_opens_only_validation_shards(setup: tuple[RunConfig, Path], opened_shards: list[str]) -> None:
+    cfg, art = setup
+    score_artifact(art, cfg, CPU)
+    assert opened_shards and all(name.startswith("fineweb_val_") for name in opened_shards)
