@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_text import TINY_VOCAB, make_documents
+from test_ttt import one_thread  # noqa: F401  (an autouse fixture)
 
 import pgolf
 from pgolf.cli import main
@@ -21,8 +22,8 @@ from pgolf.config import (BudgetConfig, DataConfig, EvalConfig, ModelConfig, Qua
                           TTTConfig, config_to_dict)
 from pgolf.data.shards import read_shard_header, shard_name, write_documents_as_shards
 from pgolf.dist import DistInfo
-from pgolf.eval.compliance import build_report, probe_model, uncounted_eval_code
 from pgolf.artifact import write_artifact
+from pgolf.eval.compliance import build_report, probe_model, uncounted_eval_code
 from pgolf.model.gpt import GPT
 from pgolf.pipeline import control_names
 from pgolf.scoring import score_artifact

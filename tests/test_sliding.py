@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_text import TINY_VOCAB, make_documents
+from test_ttt import one_thread  # noqa: F401  (an autouse fixture)
 from torch import nn
 
 from pgolf.errors import UserError

@@ -5,6 +5,7 @@ score exactly, and real adaptation changes (here: lowers) the score."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,6 +20,15 @@ from pgolf.model.gpt import GPT
 from pgolf.tokenizer import BOS_ID, ByteLuts
 
 VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread: no waiting on a second core that another job holds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_gpt(seed: int = 0) -> GPT:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_ttt import VOCAB, flat_luts, tiny_gpt
+from test_ttt import VOCAB, flat_luts, one_thread, tiny_gpt  # noqa: F401  (one_thread: autouse fixture)
 
 from pgolf.eval.bpb import TokenLedger
 from pgolf.eval.lora import (DocumentAdapters, adapt_documents, document_batches, document_rows, document_spans,
