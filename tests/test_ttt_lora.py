@@ -14,7 +14,7 @@ from test_ttt import VOCAB, flat_luts, one_thread, tiny_gpt  # noqa: F401  (one_
 
 from pgolf.eval.bpb import TokenLedger
 from pgolf.eval.lora import (DocumentAdapters, adapt_documents, document_batches, document_rows, document_spans,
-                             evaluate_lora, lora_targets)
+                             evaluate_lora, lora_init, lora_targets)
 from pgolf.tokenizer import BOS_ID
 
 SETTINGS = dict(seq_len=24, chunk=8, batch_docs=2, lora_rank=2, alpha=4.0)
@@ -114,13 +114,14 @@ def test_adapters_target_attention_and_mlp_outputs_and_start_as_identity() -> No
     model = tiny_gpt()
     targets = lora_targets(model)
     assert len(targets) == 5 * model.cfg.num_layers
-    adapters = DocumentAdapters(model, [3, 4], rank=2, alpha=4.0, device=torch.device("cpu"))
+    init = lora_init(model, rank=2, seed=3, device=torch.device("cpu"))
+    adapters = DocumentAdapters(model, 2, init, alpha=4.0)
     x = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         plain = model.per_token_nll(x, x)
         adapted = adapters.token_nll(model, x, x)
     assert torch.allclose(plain, adapted, atol=1e-6)  # B = 0: the base model exactly
-    alone = DocumentAdapters(model, [3], 2, 4.0, torch.device("cpu"))
-    assert torch.equal(adapters.deltas[0].A[0], alone.deltas[0].A[0])  # a document's init ignores its batch
+    assert torch.equal(adapters.deltas[0].A[0], adapters.deltas[0].A[1])  # every document starts alike
+    assert adapters.deltas[0].A.data_ptr() != init[0].data_ptr()  # ...from its own copy
     with pytest.raises(ValueError):
         document_rows((0, 50), chunk=9, seq_len=8)

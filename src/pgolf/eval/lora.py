@@ -7,9 +7,10 @@ they score exactly the predictions a flat evaluation scores). Each document is r
 document's own prefix; after a chunk is scored and committed, its mean loss takes one Adam step on
 the document's own LoRA adapters (rank r, scale alpha/r) on attention q, k, v and output, the MLP
 output and the head (a delta on the logits, since the head is usually the tied embedding).
-Adapters are per sample ((B, r, in) and (B, out, r)), reset for every batch of documents, and Adam
-is elementwise without clipping, so no document's tokens reach another document's scores. Documents
-are sorted longest first and batched; batches are dealt to ranks in turn.
+Adapters are per sample ((B, r, in) and (B, out, r)), every document starting from the same A (drawn
+once from the seed) and B = 0, rebuilt for every batch of documents; Adam is elementwise and there is
+no clipping, so no document's tokens reach another document's scores. Documents are sorted longest
+first and batched; batches are dealt to ranks in turn.
 
 The base model's weights are frozen and unchanged; adapters are attached with forward hooks that are
 removed afterwards.
@@ -93,24 +94,24 @@ def lora_targets(model: nn.Module) -> list[nn.Linear]:
     return out
 
 
+def lora_init(model: nn.Module, rank: int, seed: int, device: torch.device) -> list[torch.Tensor]:
+    """The A matrices every document starts from, (r, in) per target and the head's last: uniform in
+    +-1/sqrt(in) (PyTorch's Linear init, as the records). The same start for every document keeps a
+    document's score independent of the batch it lands in, and costs one draw per evaluation."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [t.in_features for t in lora_targets(model)] + [model.tok_emb.embedding_dim]
+    return [((torch.rand(rank, d, generator=g) * 2 - 1) / math.sqrt(d)).to(device) for d in dims]
+
+
 class DocumentAdapters(nn.Module):
-    """Every adapter of one document batch: one per target projection and one on the logits.
+    """Every adapter of one document batch: one per target projection and one on the logits."""
 
-    Each document's A is drawn from its own seed, so what a document scores depends on that document
-    alone, not on the batch it landed in."""
-
-    def __init__(self, model: nn.Module, seeds: list[int], rank: int, alpha: float, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, batch: int, init: list[torch.Tensor], alpha: float) -> None:
         super().__init__()
         self.targets = lora_targets(model)
-        dims = [(t.in_features, t.out_features) for t in self.targets]
-        dims.append((model.tok_emb.embedding_dim, model.tok_emb.num_embeddings))
-        sizes = [rank * d_in for d_in, _ in dims]
-        # uniform(-1/sqrt(in), 1/sqrt(in)), PyTorch's default Linear init, as the records
-        draws = torch.stack([torch.rand(sum(sizes), generator=torch.Generator().manual_seed(s)) * 2 - 1
-                             for s in seeds]).to(device)  # (B, sum sizes)
-        parts = draws.split(sizes, dim=1)
-        adapters = [BatchedLoRA(p.reshape(len(seeds), rank, d_in) / math.sqrt(d_in), d_out, alpha / rank)
-                    for p, (d_in, d_out) in zip(parts, dims)]
+        outs = [t.out_features for t in self.targets] + [model.tok_emb.num_embeddings]
+        rank = init[0].shape[0]
+        adapters = [BatchedLoRA(a.expand(batch, -1, -1).clone(), d_out, alpha / rank) for a, d_out in zip(init, outs)]
         self.deltas = nn.ModuleList(adapters[:-1])
         self.head = adapters[-1]
 
@@ -134,10 +135,10 @@ class DocumentAdapters(nn.Module):
 
 
 def _score_and_adapt_batch(model: nn.Module, ledger: TokenLedger, view: AdaptationView, docs: list[Span], *,
-                           seed: int, lora_rank: int, alpha: float, lr: float, chunk: int, seq_len: int,
+                           init: list[torch.Tensor], alpha: float, lr: float, chunk: int, seq_len: int,
                            autocast_bf16: bool) -> None:
     """All chunks of one batch of documents (sorted longest first), each scored then learned from."""
-    adapters = DocumentAdapters(model, [seed + start for start, _ in docs], lora_rank, alpha, ledger.device)
+    adapters = DocumentAdapters(model, len(docs), init, alpha)  # fresh per batch: the reset
     # beta1 = 0 as the records: one step per chunk, so momentum would mostly carry stale directions
     opt = torch.optim.Adam(adapters.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-10)
     plans = [document_rows(d, chunk, seq_len) for d in docs]
@@ -168,6 +169,7 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
     view = AdaptationView(ledger)
     batches = document_batches(document_spans(ledger.bos_positions(), ledger.num_tokens), batch_docs)
     mine = list(range(rank, len(batches), world_size))
+    init = lora_init(model, lora_rank, seed, ledger.device)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     bar = progress_bar(len(mine), "ttt", "batch") if progress and rank == 0 else None
     try:
@@ -175,8 +177,8 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
             p.requires_grad_(False)
         with eval_mode(model, inference=False):
             for b in mine:
-                _score_and_adapt_batch(model, ledger, view, batches[b], seed=seed, lora_rank=lora_rank, alpha=alpha,
-                                       lr=lr, chunk=chunk, seq_len=seq_len, autocast_bf16=autocast_bf16)
+                _score_and_adapt_batch(model, ledger, view, batches[b], init=init, alpha=alpha, lr=lr, chunk=chunk,
+                                       seq_len=seq_len, autocast_bf16=autocast_bf16)
                 if bar is not None:
                     bar.update(1)
     finally:
