@@ -61,7 +61,11 @@ def test_release_only_after_scoring_and_view_exposes_only_release() -> None:
     with pytest.raises(LedgerError, match="not yet scored"):
         view.release(0, 5)
     commit_loss(ledger, [(0, 0, 10)])  # predictions 1..10
-    assert torch.equal(view.release(0, 11), tokens[:11])
+    released = view.release(0, 11)
+    assert torch.equal(released, tokens[:11])
+    released.zero_()  # an adapter scribbling on its copy changes nothing the scorer reads
+    x, _ = ledger.window_batch(torch.tensor([[0, 0, 11]]), 11)
+    assert torch.equal(x[0], tokens[:11])
     with pytest.raises(LedgerError):
         view.release(5, 12)  # 11 is not scored
     with pytest.raises(LedgerError):

@@ -181,7 +181,7 @@ class TokenLedger:
         self._check_scored(lo, hi)
         self._released[lo + 1: hi] = True
         self.num_releases += 1
-        return self._tokens[lo:hi]
+        return self._tokens[lo:hi].clone()  # a copy: nothing an adapter does can alter what is scored later
 
     def release_losses(self, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph-carrying losses of the last commit, for `rows` (a subset of its rows, same order,
