@@ -106,7 +106,11 @@ def _failures(conditions: dict[str, Any], t: dict[str, Any], b: dict[str, Any]) 
     if not t["eval_ok"]:
         failures.append(f"evaluation took {t['eval_seconds']:.1f} s, over the {t['eval_budget_seconds']:.0f} s budget")
     if t["train_ok"] is False:
-        failures.append(f"training took {t['train_seconds']:.1f} s, over the {t['train_budget_seconds']:.0f} s budget")
+        cap = t["train_cap_seconds"]
+        hint = (f" (the loop stops after the first step that ends past train.max_wallclock_seconds={cap:g}, so its "
+                f"last step overran; stop before the budget)" if 0 < cap <= t["train_budget_seconds"] else "")
+        failures.append(f"training took {t['train_seconds']:.1f} s, over the {t['train_budget_seconds']:.0f} s "
+                        f"budget{hint}")
     if not b["ok"]:
         failures.append(f"{b['total_bytes']:,} bytes, over the {b['budget_bytes']:,} byte budget")
     return failures
@@ -121,6 +125,7 @@ def build_report(cfg: RunConfig, scored: ArtifactScore, probe: dict[str, Any], w
     time_ledger = {"stages_seconds": scored.stages, "eval_seconds": eval_seconds,
                    "eval_budget_seconds": budget.eval_seconds, "eval_ok": eval_seconds <= budget.eval_seconds,
                    "train_seconds": train_seconds, "train_budget_seconds": budget.train_seconds,
+                   "train_cap_seconds": cfg.train.max_wallclock_seconds,
                    "train_ok": None if train_seconds is None else train_seconds <= budget.train_seconds}
     extra_code = uncounted_eval_code(mode)
     code_bytes = scored.info.code_bytes + sum(extra_code.values())
