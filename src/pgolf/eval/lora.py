@@ -22,7 +22,6 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -111,7 +110,8 @@ class DocumentAdapters(nn.Module):
         self.targets = lora_targets(model)
         outs = [t.out_features for t in self.targets] + [model.tok_emb.num_embeddings]
         rank = init[0].shape[0]
-        adapters = [BatchedLoRA(a.expand(batch, -1, -1).clone(), d_out, alpha / rank) for a, d_out in zip(init, outs)]
+        adapters = [BatchedLoRA(a.expand(batch, -1, -1).clone(), d_out, alpha / rank)  # (B, r, in) own copies
+                    for a, d_out in zip(init, outs)]
         self.deltas = nn.ModuleList(adapters[:-1])
         self.head = adapters[-1]
 
@@ -188,11 +188,15 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
             bar.close()
 
 
-def evaluate_lora(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, device: torch.device | str = "cpu",
-                  **settings: Any) -> EvalResult:
-    """val_bpb with per-document score-first LoRA adaptation (settings as `adapt_documents`)."""
+def evaluate_lora(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, chunk: int,
+                  batch_docs: int, lora_rank: int, alpha: float, lr: float, seed: int = 0, rank: int = 0,
+                  world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
+                  progress: bool = False) -> EvalResult:
+    """val_bpb with per-document score-first LoRA adaptation (see `adapt_documents`)."""
     t0 = time.perf_counter()
     ledger = TokenLedger(tokens, luts, device)
-    adapt_documents(model, ledger, **settings)
+    adapt_documents(model, ledger, seq_len=seq_len, chunk=chunk, batch_docs=batch_docs, lora_rank=lora_rank,
+                    alpha=alpha, lr=lr, seed=seed, rank=rank, world_size=world_size, autocast_bf16=autocast_bf16,
+                    progress=progress)
     totals, report = ledger.finish()
     return result_from(totals, report, t0)
