@@ -291,7 +291,8 @@ class EvalConfig:
 @dataclass(kw_only=True)
 class TTTConfig:
     """Score-first test-time training (`eval.ttt`): chunked full-model SGD (parameter-golf 2026-03-23
-    LegalTTT) and per-document LoRA (2026-04-10 VarLenAttn onwards). Defaults follow those records."""
+    LegalTTT) and per-document LoRA (2026-04-10 VarLenAttn onwards). The chunked defaults are the records';
+    the LoRA defaults are sized for the CPU track's small models (each field names the records' value)."""
 
     chunk_tokens: int = 32_768
     """`chunked`: tokens per chunk; each chunk's windows are scored, then the model trains on the chunk."""
