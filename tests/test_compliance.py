@@ -23,7 +23,7 @@ from pgolf.config import (BudgetConfig, DataConfig, EvalConfig, ModelConfig, Qua
 from pgolf.data.shards import read_shard_header, shard_name, write_documents_as_shards
 from pgolf.dist import DistInfo
 from pgolf.artifact import write_artifact
-from pgolf.eval.compliance import build_report, probe_model, uncounted_eval_code
+from pgolf.eval.compliance import build_report, probe_model, train_ledger, uncounted_eval_code
 from pgolf.model.gpt import GPT
 from pgolf.pipeline import control_names
 from pgolf.scoring import score_artifact
@@ -97,6 +97,28 @@ def test_over_budget_evaluation_is_non_compliant(setup: tuple[RunConfig, Path],
     assert not over["compliant"] and over["failures"] == [f"{scored.info.total_bytes:,} bytes, over the "
                                                           f"{scored.info.total_bytes - 1:,} byte budget"]
     assert over["time"]["train_ok"] is None  # unknown training time is reported, not assumed
+
+
+def test_training_budget_allows_only_the_step_that_crosses_a_cap(setup: tuple[RunConfig, Path]) -> None:
+    cfg, art = setup
+    capped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_wallclock_seconds=60.0))
+    assert train_ledger(capped, 59.0, False)["train_ok"]
+    crossed = train_ledger(capped, 61.5, True)
+    assert crossed["train_ok"] and crossed["train_overrun_seconds"] == pytest.approx(1.5)
+    assert not train_ledger(capped, 61.5, False)["train_ok"]  # stopped by iterations, or interrupted, yet over
+    assert not train_ledger(capped, 55.0, True, extra_seconds=6.5)["train_ok"]  # calibration after it gets no allowance
+    loose = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_wallclock_seconds=90.0))
+    assert not train_ledger(loose, 61.5, True)["train_ok"]  # a cap beyond the budget is no cap
+    assert train_ledger(capped, None, None)["train_ok"] is None
+    # `pgolf eval` reads how training stopped from the artifact: fewer steps than planned and the cap spent
+    model = GPT(cfg.model)
+    other = art.with_name("capped.ptz")
+    write_artifact(other, model.state_dict(), model_config=config_to_dict(cfg.model),
+                   run_config=config_to_dict(capped), quant=cfg.quant, keep_fp32_patterns=control_names(model),
+                   extra_meta={"steps": 3, "train_seconds": 61.5})
+    assert main(["eval", str(other), "--eval.max_tokens", "100"]) == 0
+    rep = json.loads(other.with_name("compliance.json").read_text())
+    assert rep["time"]["train_stopped_by_cap"] and rep["time"]["train_ok"] and rep["compliant"]
 
 
 class PeekingGPT(GPT):

@@ -89,7 +89,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     if info.is_main:
         export(cfg, result, run_dir, log)
     dist.barrier()
-    scored, report = final_evaluation(cfg, info, artifact_path, val, result.train_seconds, run_dir)
+    scored, report = final_evaluation(cfg, info, artifact_path, val, result, run_dir)
     post, art, eval_seconds = scored.result, scored.info, report["time"]["eval_seconds"]
     info_bytes = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "artifact_sha256": art.sha256}
@@ -130,12 +130,12 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run") -> dict[s
     return summary
 
 
-def final_evaluation(cfg: RunConfig, info: DistInfo, artifact_path: Path, val: ValData, train_seconds: float,
+def final_evaluation(cfg: RunConfig, info: DistInfo, artifact_path: Path, val: ValData, result: TrainResult,
                      run_dir: Path) -> tuple[ArtifactScore, dict[str, Any]]:
     """The scored evaluation of a run: reload the artifact from disk, evaluate it as eval.ttt says (adaptation only
     ever touches this reloaded model, never the trained one), and write compliance.json in the run folder."""
-    return evaluate_with_report(artifact_path, cfg, info, val=val, train_seconds=train_seconds,
-                                report_path=run_dir / COMPLIANCE_NAME)
+    return evaluate_with_report(artifact_path, cfg, info, val=val, train_seconds=result.train_seconds,
+                                stopped_by=result.stopped_by, report_path=run_dir / COMPLIANCE_NAME)
 
 
 def compliance_summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class ArtifactScore:
     info: ArtifactInfo
     stages: dict[str, float]  # "load" (read, dequantise, rebuild; validation data too when read here) and the eval
     train_seconds: float | None  # training seconds the artifact records, if any
+    train_steps: int | None  # training steps the artifact records, if any
 
 
 def _sync(device: torch.device) -> None:
@@ -125,9 +126,11 @@ def score_artifact(path: str | Path, cfg: RunConfig, info: DistInfo, val: ValDat
     r = evaluate_model(model, val, cfg, info, progress=progress)
     stage = EVAL_STAGES[cfg.eval.ttt]
     stages = {"load": load_seconds, stage: r.seconds, **{f"{stage}.{k}": v for k, v in r.stages.items()}}
-    train_seconds = loaded.meta.get("extra_meta", {}).get("train_seconds")
+    extra = loaded.meta.get("extra_meta", {})
+    seconds, steps = extra.get("train_seconds"), extra.get("steps")
     return ArtifactScore(result=r, model=model, info=loaded.info, stages=stages,
-                         train_seconds=float(train_seconds) if isinstance(train_seconds, (int, float)) else None)
+                         train_seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+                         train_steps=steps if isinstance(steps, int) else None)
 
 
 def eval_line(r: EvalResult, cfg: RunConfig, total_bytes: int) -> str:
