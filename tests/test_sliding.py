@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers_text import TINY_VOCAB, make_documents
+from test_ttt import one_thread  # noqa: F401  (an autouse fixture)
 from torch import nn
 
 from pgolf.errors import UserError
 from pgolf.eval.bpb import target_byte_counts
-from pgolf.eval.sliding import evaluate, evaluate_standard, score_windows, truncate_for_eval, window_plan
-from pgolf.tokenizer import BOS_ID, build_byte_luts, encode_documents, load_tokenizer
+from pgolf.eval.bpb import LedgerError, TokenLedger
+from pgolf.eval.sliding import (evaluate, evaluate_standard, rank_share, score_rows, truncate_for_eval, window_plan,
+                                window_rows)
+from pgolf.tokenizer import BOS_ID, ByteLuts, build_byte_luts, encode_documents, load_tokenizer
 
 
 class CacheBigramModel(nn.Module):
@@ -117,22 +121,27 @@ def test_evaluator_scores_exactly_the_planned_positions(stream: tuple[torch.Tens
         assert r.loss * r.num_tokens == pytest.approx(expected, rel=1e-9)
 
 
+def _share_totals(model: nn.Module, val: torch.Tensor, luts: object, rows: np.ndarray, batch_rows: int):
+    ledger = TokenLedger(val, luts)
+    with torch.inference_mode():
+        score_rows(model, ledger, rows, batch_rows=batch_rows)
+    return ledger.totals()
+
+
 def test_two_ranks_sum_to_one(stream: tuple[torch.Tensor, object]) -> None:
     tokens, luts = stream
     model = CacheBigramModel(TINY_VOCAB)
     val = truncate_for_eval(tokens[:3000], 32)
     plan = window_plan(val.numel(), 32, 8)
-    full = score_windows(model, val, luts, plan, batch_windows=4)
-    halves = [score_windows(model, val, luts, plan[: len(plan) // 2], batch_windows=4),
-              score_windows(model, val, luts, plan[len(plan) // 2:], batch_windows=4)]
+    full = _share_totals(model, val, luts, window_rows(plan), 4)
+    halves = [_share_totals(model, val, luts, window_rows(rank_share(plan, r, 2)), 4) for r in (0, 1)]
     assert sum(h.token_count for h in halves) == full.token_count == val.numel() - 1
     assert sum(h.byte_count for h in halves) == full.byte_count
     assert float(sum(h.nll_sum for h in halves)) == pytest.approx(float(full.nll_sum), rel=1e-12)
-    # `evaluate` hands each rank a contiguous block of the same plan (all_reduce is a no-op here)
-    ranks = [evaluate(model, val, luts, seq_len=32, stride=8, batch_tokens=128, rank=r, world_size=2) for r in (0, 1)]
-    assert sum(r.num_tokens for r in ranks) == val.numel() - 1
-    assert sum(r.num_bytes for r in ranks) == int(full.byte_count)
-    assert sum(r.loss * r.num_tokens for r in ranks) == pytest.approx(float(full.nll_sum), rel=1e-9)
+    assert sum(len(rank_share(plan, r, 3)) for r in range(3)) == len(plan)
+    # one rank's share is not the whole evaluation: without its peers the ledger refuses to report
+    with pytest.raises(LedgerError, match="never scored"):
+        evaluate(model, val, luts, seq_len=32, stride=8, batch_tokens=128, rank=0, world_size=2)
     std = [evaluate_standard(model, val, luts, seq_len=32, batch_tokens=64, rank=r, world_size=2) for r in (0, 1)]
     assert sum(r.num_tokens for r in std) == val.numel() - 1 and sum(r.num_bytes for r in std) == int(full.byte_count)
 
@@ -181,3 +190,26 @@ def test_bf16_autocast_is_close_to_fp32(stream: tuple[torch.Tensor, object]) -> 
     bf16 = evaluate(model, val, luts, seq_len=64, stride=32, batch_tokens=512, autocast_bf16=True)
     assert bf16.bpb == pytest.approx(fp32.bpb, rel=2e-2) and bf16.num_bytes == fp32.num_bytes
     assert fp32.seconds > 0
+
+
+def test_sliding_equals_a_slow_reference_on_a_small_gpt_at_any_length() -> None:
+    # One forward per prediction with exactly the context the sliding rule promises it: the window
+    # starting at the smallest multiple of the stride that still holds the target, or at 0.
+    from pgolf.config import ModelConfig
+    from pgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1)).eval()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 64, (90,), generator=g)  # (N,)
+    no = torch.zeros(64, dtype=torch.bool)
+    table = ByteLuts(torch.ones(64, dtype=torch.int16), no, no)
+    for seq_len, stride in [(24, 5), (70, 16)]:  # 70: past any rotary length cached so far
+        ledger = TokenLedger(tokens, table)
+        with torch.inference_mode():
+            score_rows(model, ledger, window_rows(window_plan(tokens.numel(), seq_len, stride)), batch_rows=3)
+            reference = torch.zeros(tokens.numel())
+            for t in range(1, tokens.numel()):
+                ws = max(0, -(-(t - seq_len) // stride) * stride)
+                reference[t] = model.per_token_nll(tokens[None, ws:t], tokens[None, ws + 1: t + 1])[0, -1]
+        assert torch.allclose(ledger.token_losses(), reference, atol=2e-5), (seq_len, stride)

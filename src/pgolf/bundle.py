@@ -28,7 +28,10 @@ from pgolf.fileio import write_bytes_atomic
 
 ENTRY = "pgolf.main"
 # Modules imported lazily (inside functions) that only some configs use: module -> when it is needed.
-FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {}
+FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
+    "pgolf.eval.ttt": lambda cfg: cfg.eval.ttt == "chunked",
+    "pgolf.eval.lora": lambda cfg: cfg.eval.ttt == "lora",
+}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 

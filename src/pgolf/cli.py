@@ -3,7 +3,7 @@
     pgolf prepare  [--preset P] [--prepare.* --data.*]   embedded corpus -> tokenizer -> shards
     pgolf train    [--preset P] [overrides]              train and export the artifact (no final eval)
     pgolf train    --resume RUN_DIR                      continue a run from its checkpoint, then export
-    pgolf eval ARTIFACT [--data.* --eval.*]              score an artifact (roundtrip from disk)
+    pgolf eval ARTIFACT [--data.* --eval.* --ttt.*]      score an artifact (roundtrip), write compliance.json
     pgolf run      --preset P [overrides]                every stage, then a summary
     pgolf bundle   --preset P [-o train_gpt.py]          the single-file script whose size is the counted code
     pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
@@ -176,16 +176,19 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    """Score an artifact file on the validation shards (its own eval settings unless overridden)."""
+    """Score an artifact file on the validation shards (its own eval settings unless overridden) and write
+    compliance.json beside it; exit status 1 when the evaluation is not compliant."""
     from pgolf import dist
     from pgolf.artifact import read_artifact
-    from pgolf.scoring import eval_artifact
+    from pgolf.eval.compliance import COMPLIANCE_NAME, evaluate_with_report, format_report
+    from pgolf.scoring import eval_line
 
     if wants_help(args):
         preset, _ = split_preset(args)
-        print_config_help("usage: pgolf eval ARTIFACT [--preset NAME] [--data.* --eval.* ...]\n\n"
+        print_config_help("usage: pgolf eval ARTIFACT [--preset NAME] [--data.* --eval.* --ttt.* ...]\n\n"
                           "Scores ARTIFACT on the validation shards with the data and eval settings stored in it,\n"
-                          "or those of --preset, with any flag overriding them.", get_preset(preset or DEFAULT_PRESET))
+                          "or those of --preset, with any flag overriding them (--eval.ttt chunked|lora adapts\n"
+                          "score-first), and writes compliance.json next to it.", get_preset(preset or DEFAULT_PRESET))
         return 0
     if not args or args[0].startswith("-"):
         raise UserError("pgolf eval needs the artifact path first: pgolf eval runs/NAME/final_model.int8.ptz [--data.* --eval.*]")
@@ -195,12 +198,36 @@ def cmd_eval(args: list[str]) -> int:
     preset, rest = split_preset(rest)
     default = get_preset(preset) if preset else _config_stored_in(read_artifact(path).run_config)
     cfg = parse_config(rest, default, "pgolf eval ARTIFACT")
+    from pgolf.bundle import code_bytes
+
+    train_seconds, stopped_by = _training_record(Path(path).parent)
     info = _init_dist()
     try:
-        eval_artifact(path, cfg, info)
+        # The counted code of this evaluation: the bundle of the config it runs (its eval settings included).
+        scored, report = evaluate_with_report(path, cfg, info, check_bytes=True, code_bytes=code_bytes(cfg),
+                                              train_seconds=train_seconds, stopped_by=stopped_by)
     finally:
         dist.shutdown()
-    return 0
+    if info.is_main:
+        print(eval_line(scored.result, cfg, scored.info.total_bytes))
+        print("\n".join(format_report(report)))
+        print(f"compliance report: {Path(path).with_name(COMPLIANCE_NAME)}")
+    return 0 if report["compliant"] else 1
+
+
+def _training_record(run_dir: Path) -> tuple[float | None, str | None]:
+    """(training seconds, how training stopped) from the run folder's summary.json beside an artifact, when there
+    is one (the artifact itself records no timings, so equal training gives equal bytes)."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        seconds, stopped = summary["train_seconds"], summary["stopped_by"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and isinstance(stopped, str):
+        return float(seconds), stopped
+    return None, None
 
 
 def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:

@@ -566,7 +566,11 @@ class EvalConfig:
     max_tokens: int = 0
     """Evaluate only the first N validation tokens (for quick checks; 0 = all). Reported in the summary."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Compute dtype of evaluation forward passes; `auto` as train.dtype."""
+    """Compute dtype of evaluation forward passes (TTT steps included); `auto` as train.dtype."""
+    ttt: Literal["none", "chunked", "lora"] = "none"
+    """Score-first test-time training of the final evaluation: `none` (fixed predictor), `chunked` (SGD on the
+    whole model after each scored 32k-token chunk), `lora` (per-document LoRA updated after each scored chunk of
+    the document). Settings in the ttt section."""
 
     def validate(self) -> None:
         _require(self.seq_len >= 0, f"eval.seq_len={self.seq_len} must be >= 0")
@@ -575,6 +579,48 @@ class EvalConfig:
         _require(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0")
         if self.seq_len and self.stride:
             _require(self.stride <= self.seq_len, f"eval.stride={self.stride} must be <= eval.seq_len={self.seq_len}")
+
+
+@dataclass(kw_only=True)
+class TTTConfig:
+    """Score-first test-time training (`eval.ttt`): chunked full-model SGD (parameter-golf 2026-03-23
+    LegalTTT) and per-document LoRA (2026-04-10 VarLenAttn onwards). The chunked defaults are the records';
+    the LoRA defaults are sized for the CPU track's small models (each field names the records' value)."""
+
+    chunk_tokens: int = 32_768
+    """`chunked`: tokens per chunk; each chunk's windows are scored, then the model trains on the chunk."""
+    lr: float = 0.002
+    """`chunked`: SGD learning rate of the first chunk (cosine to 0 over the chunks; records: 0.002 at sp1024)."""
+    momentum: float = 0.9
+    """`chunked`: SGD momentum."""
+    epochs: int = 3
+    """`chunked`: passes over each scored chunk."""
+    batch_seqs: int = 32
+    """`chunked`: sequences of eval seq_len per SGD step, summed over ranks."""
+    grad_clip: float = 1.0
+    """`chunked`: global gradient-norm clip of each step; 0 disables."""
+    lora_rank: int = 8
+    """`lora`: adapter rank on attention q/k/v/out, the MLP output and the head (records: 80-96 at 512 wide)."""
+    lora_alpha: float = 16.0
+    """`lora`: adapter scale is lora_alpha / lora_rank."""
+    lora_lr: float = 0.001
+    """`lora`: Adam learning rate of the one step after each scored chunk (records: 1e-4 at rank 96)."""
+    lora_chunk: int = 48
+    """`lora`: tokens of a document scored between two adapter steps; must be <= the eval seq_len."""
+    lora_batch_docs: int = 16
+    """`lora`: documents adapted side by side (sorted by length, longest first; records: 64)."""
+
+    def validate(self) -> None:
+        _require(self.chunk_tokens >= 1, f"ttt.chunk_tokens={self.chunk_tokens} must be >= 1")
+        for name in ("lr", "lora_lr", "grad_clip"):
+            _require(getattr(self, name) >= 0, f"ttt.{name}={getattr(self, name)} must be >= 0")
+        _require(0 <= self.momentum < 1, f"ttt.momentum={self.momentum} must be in [0, 1)")
+        _require(self.epochs >= 0, f"ttt.epochs={self.epochs} must be >= 0")
+        _require(self.batch_seqs >= 1, f"ttt.batch_seqs={self.batch_seqs} must be >= 1")
+        _require(self.lora_rank >= 1, f"ttt.lora_rank={self.lora_rank} must be >= 1")
+        _require(self.lora_alpha > 0, f"ttt.lora_alpha={self.lora_alpha} must be > 0")
+        _require(self.lora_chunk >= 1, f"ttt.lora_chunk={self.lora_chunk} must be >= 1")
+        _require(self.lora_batch_docs >= 1, f"ttt.lora_batch_docs={self.lora_batch_docs} must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -611,6 +657,7 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def validate(self) -> "RunConfig":
@@ -625,6 +672,10 @@ class RunConfig:
         _require(self.data.source != "embedded" or self.model.vocab_size >= 260,
                  f"model.vocab_size={self.model.vocab_size} is too small to prepare the embedded corpus: a tokenizer "
                  f"needs >= 260 pieces (256 byte-fallback pieces + 4 specials)")
+        _require(self.eval.stride <= self.eval_seq_len, f"eval.stride={self.eval.stride} must be <= the eval "
+                 f"sequence length {self.eval_seq_len} (eval.seq_len, else train.train_seq_len)")
+        _require(self.eval.ttt != "lora" or self.ttt.lora_chunk <= self.eval_seq_len,
+                 f"ttt.lora_chunk={self.ttt.lora_chunk} must be <= the eval sequence length {self.eval_seq_len}")
         return self
 
     @property
@@ -695,4 +746,4 @@ def run_config_from_dict(d: Any) -> RunConfig:
 # The sections of a RunConfig, by field name; flags are `--<section>.<field>`.
 SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig,
                              "prepare": PrepareConfig, "quant": QuantConfig, "eval": EvalConfig,
-                             "budget": BudgetConfig}
+                             "ttt": TTTConfig, "budget": BudgetConfig}

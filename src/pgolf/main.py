@@ -95,6 +95,10 @@ def execute(cfg: RunConfig, command: str, code: bytes, prepare: Callable[[RunCon
     if not summary["within_byte_budget"]:
         raise UserError(f"artifact {summary['artifact']} is {summary['total_bytes']:,} bytes, over the "
                         f"{summary['artifact_max_bytes']:,} byte budget; shrink the model or change --quant.*")
+    if not summary["compliant"]:
+        print(f"the run is NON-COMPLIANT ({'; '.join(summary['compliance_failures'])}); see its compliance.json",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Whole runs: train -> export the artifact -> reload it from disk -> evaluate -> summary.
+"""Whole runs: train -> export the artifact -> reload it from disk -> evaluate -> summary + compliance.json.
 
 The scored number is always the one measured on the model rebuilt from the artifact file (the
-roundtrip), never the in-memory weights. Validation tokens reach only the evaluator; the trainer's
-periodic evaluation is a closure over them that returns numbers.
+roundtrip), never the in-memory weights; test-time training, when configured, adapts only that
+reloaded model, after export. Validation tokens reach only the evaluator; the trainer's periodic
+evaluation is a closure over them that returns numbers.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pgolf import dist
-from pgolf.artifact import read_artifact
 from pgolf.config import RunConfig
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
+from pgolf.eval.compliance import COMPLIANCE_NAME, evaluate_with_report, format_report
 from pgolf.fileio import remove_orphan_temps, write_bytes_atomic
 from pgolf.quant.export import ExportResult
 from pgolf.reference import reference_compression_bpb, val_text_bytes
 from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
-from pgolf.scoring import build_model_from_artifact, load_val_data, run_eval
+from pgolf.scoring import ArtifactScore, ValData, load_val_data, run_eval
 from pgolf.train import TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
@@ -78,6 +80,21 @@ def artifact_notes(result: TrainResult) -> dict[str, Any]:
     return {"steps": result.steps, "stopped_by": result.stopped_by}
 
 
+def gptq_calibration(cfg: RunConfig) -> Callable[[torch.nn.Module, Any], Any] | None:
+    """When the export uses GPTQ: its Hessians from training batches, computed by the trainer right after
+    its loop so the seconds count inside the training budget (train.calibration_reserve_seconds)."""
+    if not cfg.quant.gptq:
+        return None
+
+    def calibrate(model: torch.nn.Module, trainer: Any) -> Any:
+        from pgolf.model.roles import param_roles
+        from pgolf.quant.export import calibration_for
+
+        return calibration_for(model, cfg, list(param_roles(model)))
+
+    return calibrate
+
+
 def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, code: bytes) -> ExportResult:
     """Write the raw weights and the artifact (rank 0 only; callers barrier before reading it).
 
@@ -89,13 +106,14 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, c
     save_raw_model(result.model, run_dir / "final_model.safetensors")
     if result.sensitivity is not None:
         write_json_atomic(run_dir / SENSITIVITY_FILE, result.sensitivity)
-    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=len(code),
+    res = export_model(result.model, cfg, run_dir / ARTIFACT_NAME, code_bytes=len(code), calibration=result.calibration,
                        sensitivity=load_sensitivity(run_dir / SENSITIVITY_FILE),
                        extra_meta=artifact_notes(result))
     art = res.info
     if res.calibration is not None:
+        inside = "inside the training clock" if result.calibration is not None else "outside the training clock"
         log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens in "
-                 f"{res.calibration.seconds:.1f} s (outside the training clock)")
+                 f"{res.calibration.seconds:.1f} s ({inside})")
     log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,} "
              f"({res.fit.compressor}; slack {res.slack_bytes:+,} bytes under budget - margin)")
     log.metrics("export", **res.summary())
@@ -106,7 +124,7 @@ def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf tr
                      resume_from: Path | None = None) -> None:
     """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
     run_dir, log = start_run(cfg, info, command, code, resume=resume_from is not None)
-    result = train(cfg, info, log, resume_from=resume_from)
+    result = train(cfg, info, log, resume_from=resume_from, calibrate=gptq_calibration(cfg))
     if info.is_main:
         export(cfg, result, run_dir, log, code)
 
@@ -122,7 +140,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
         r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, use_bf16(cfg.eval.dtype, info.device))
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
-    result = train(cfg, info, log, eval_callback=periodic)
+    result = train(cfg, info, log, eval_callback=periodic, calibrate=gptq_calibration(cfg))
     pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s")
 
@@ -130,12 +148,8 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
     if info.is_main:
         export(cfg, result, run_dir, log, code)
     dist.barrier()
-    t0 = time.perf_counter()
-    loaded = read_artifact(artifact_path)
-    reloaded = build_model_from_artifact(loaded, info.device)
-    post = run_eval(reloaded, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
-    eval_seconds = time.perf_counter() - t0
-    art = loaded.info
+    scored, report = final_evaluation(cfg, info, artifact_path, val, result, run_dir)
+    post, art, eval_seconds = scored.result, scored.info, report["time"]["eval_seconds"]
     info_bytes = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
                   "artifact_sha256": art.sha256}
     summary = {
@@ -164,6 +178,7 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
         "val_bytes_scored": post.num_bytes,
         "world_size": info.world_size,
         "seed": cfg.train.seed,
+        **compliance_summary(report),
     }
     if info.is_main:
         summary["reference_bpb"] = reference_compression_bpb(val_text_bytes(val.tokens.numpy(), val.sp))
@@ -172,6 +187,24 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
         for line in format_summary(summary):
             log.line(line)
     return summary
+
+
+def final_evaluation(cfg: RunConfig, info: DistInfo, artifact_path: Path, val: ValData, result: TrainResult,
+                     run_dir: Path) -> tuple[ArtifactScore, dict[str, Any]]:
+    """The scored evaluation of a run: reload the artifact from disk, evaluate it as eval.ttt says (adaptation only
+    ever touches this reloaded model, never the trained one), and write compliance.json in the run folder."""
+    loop_seconds = result.train_seconds - result.calibration_seconds
+    return evaluate_with_report(artifact_path, cfg, info, val=val, train_seconds=loop_seconds,
+                                extra_train_seconds=result.calibration_seconds,
+                                stopped_by=result.stopped_by, report_path=run_dir / COMPLIANCE_NAME)
+
+
+def compliance_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The summary's compliance fields: verdict, reasons, the readable block, stages and ledger counts."""
+    adapted = report["conditions"]["score_before_update"]["checked"]["predictions_adapted_on"]
+    return {"compliant": report["compliant"], "compliance_failures": report["failures"],
+            "compliance_lines": format_report(report), "eval_ttt": report["evaluation"]["ttt"],
+            "eval_stages_seconds": report["time"]["stages_seconds"], "val_predictions_adapted_on": adapted}
 
 
 def format_summary(s: dict[str, Any]) -> list[str]:
@@ -189,5 +222,6 @@ def format_summary(s: dict[str, Any]) -> list[str]:
         f"train {s['train_seconds']:.1f} s, {s['steps']} steps ({s['stopped_by']}), {s['tokens_per_second']:,.0f} tok/s, "
         f"peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB, {s['num_parameters']:,} params",
         f"eval {s['eval_seconds']:.1f} s | reference on the same text: xz {ref['xz']:.3f} bpb, brotli {ref['brotli']:.3f} bpb",
+        *s["compliance_lines"],
         "=" * 72,
     ]

@@ -1,4 +1,5 @@
-"""Scoring an artifact: rebuild the model from the file alone and measure val_bpb on the validation shards.
+"""Scoring an artifact: rebuild the model from the file alone and measure val_bpb on the validation shards,
+with score-first test-time training when `eval.ttt` asks for it.
 
 This module and what it imports (`pgolf.artifact.SCORING_MODULES`) are everything needed to load and
 evaluate an artifact, nothing of training, quantisation, data preparation, logging or the CLI. A
@@ -8,13 +9,15 @@ test imports it with every other pgolf module blocked to keep that claim true.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pgolf.artifact import LoadedArtifact, check_budget, read_artifact
+from pgolf.artifact import ArtifactInfo, LoadedArtifact, check_budget, read_artifact
 from pgolf.config import EvalConfig, RunConfig, model_config_from_dict
 from pgolf.data.shards import list_shards, load_tokens
 from pgolf.dist import DistInfo, use_bf16
@@ -42,10 +45,42 @@ def load_val_data(dataset_dir: str, tokenizer_path: str, vocab_size: int, seq_le
 
 def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: int, stride: int, info: DistInfo,
              autocast_bf16: bool, progress: bool = False) -> EvalResult:
-    """Evaluate with the configured geometry on this rank's share of the windows."""
+    """Sliding-window evaluation (no adaptation) with the given geometry on this rank's share of the windows."""
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     rank=info.rank, world_size=info.world_size, device=info.device,
                     autocast_bf16=autocast_bf16, progress=progress and info.is_main)
+
+
+# The evaluation stage each eval.ttt mode runs, as named in the time ledger.
+EVAL_STAGES = {"none": "sliding", "chunked": "ttt_chunked", "lora": "ttt_lora"}
+
+
+def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: DistInfo,
+                   progress: bool = False) -> EvalResult:
+    """The scored evaluation: sliding windows, or score-first TTT as `eval.ttt` says (changes `model` in place
+    for `chunked`: give it the model rebuilt from the artifact)."""
+    seq_len, stride, ecfg, t = cfg.eval_seq_len, cfg.eval_stride, cfg.eval, cfg.ttt
+    bf16 = use_bf16(ecfg.dtype, info.device)
+    where: dict[str, Any] = dict(rank=info.rank, world_size=info.world_size, device=info.device, autocast_bf16=bf16,
+                                 progress=progress and info.is_main)
+    # The TTT modules load only when used; pgolf.eval.compliance charges their source bytes to the run
+    # for as long as the artifact's counted code does not include them.
+    if ecfg.ttt == "chunked":
+        from pgolf.eval.ttt import SGDChunkAdapter, evaluate_chunked
+
+        adapter = SGDChunkAdapter(model, lr=t.lr, momentum=t.momentum, epochs=t.epochs, batch_seqs=t.batch_seqs,
+                                  grad_clip=t.grad_clip, seq_len=seq_len, autocast_bf16=bf16, rank=info.rank,
+                                  world_size=info.world_size)
+        return evaluate_chunked(model, val.tokens, val.luts, seq_len=seq_len, stride=stride,
+                                batch_tokens=ecfg.batch_tokens, chunk_tokens=t.chunk_tokens, adapter=adapter, **where)
+    if ecfg.ttt == "lora":
+        from pgolf.eval.lora import evaluate_lora
+
+        return evaluate_lora(model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk,
+                             batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
+                             seed=cfg.train.seed, **where)
+    return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
+                    **where)
 
 
 def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> GPT:
@@ -55,18 +90,62 @@ def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> G
     return model
 
 
+@dataclass
+class ArtifactScore:
+    """An artifact scored: the result, the model as evaluated, the artifact's cost, seconds per stage."""
+
+    result: EvalResult
+    model: GPT
+    info: ArtifactInfo
+    stages: dict[str, float]  # "load" (read, dequantise, rebuild; validation data too when read here) and the eval
+    train_seconds: float | None  # training seconds the artifact records, if any
+    train_steps: int | None  # training steps the artifact records, if any
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def score_artifact(path: str | Path, cfg: RunConfig, info: DistInfo, val: ValData | None = None,
+                   progress: bool = False, check_bytes: bool = False, code_bytes: int | None = None) -> ArtifactScore:
+    """Load the artifact (and the validation data unless given), rebuild the model and evaluate it, timed.
+
+    `check_bytes` refuses (UserError) an artifact over budget.artifact_max_bytes before evaluating it;
+    `code_bytes` is the counted code of this evaluation (default: the figure the artifact recorded)."""
+    t0 = time.perf_counter()
+    loaded = read_artifact(path, code_bytes=code_bytes)
+    if check_bytes:
+        check_budget(loaded.info, cfg.budget.artifact_max_bytes)
+    model = build_model_from_artifact(loaded, info.device)
+    if val is None:
+        val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, cfg.eval_seq_len,
+                            cfg.eval.max_tokens)
+    _sync(info.device)
+    load_seconds = time.perf_counter() - t0
+    r = evaluate_model(model, val, cfg, info, progress=progress)
+    stage = EVAL_STAGES[cfg.eval.ttt]
+    stages = {"load": load_seconds, stage: r.seconds, **{f"{stage}.{k}": v for k, v in r.stages.items()}}
+    steps = loaded.meta.get("extra_meta", {}).get("steps")
+    return ArtifactScore(result=r, model=model, info=loaded.info, stages=stages, train_seconds=None,
+                         train_steps=steps if isinstance(steps, int) else None)
+
+
+def eval_line(r: EvalResult, cfg: RunConfig, total_bytes: int) -> str:
+    """The one line `pgolf eval` prints."""
+    return (f"val_bpb {r.bpb:.6f} | val_loss {r.loss:.6f} | {r.num_tokens:,} tokens, {r.num_bytes:,} bytes | "
+            f"seq {cfg.eval_seq_len} stride {cfg.eval_stride} ttt {cfg.eval.ttt} | {r.seconds:.1f} s | "
+            f"artifact {total_bytes:,} bytes")
+
+
 def eval_artifact(path: str, cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     """`pgolf eval`: score an artifact on the validation shards; checks the byte budget first."""
-    loaded = read_artifact(path)
-    check_budget(loaded.info, cfg.budget.artifact_max_bytes)
-    total_bytes = loaded.info.total_bytes
-    model = build_model_from_artifact(loaded, info.device)
-    seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
-    val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
-    r = run_eval(model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
+    scored = score_artifact(path, cfg, info, progress=True, check_bytes=True)
+    r = scored.result
     out = {"artifact": str(path), "val_bpb": r.bpb, "val_loss": r.loss, "tokens": r.num_tokens, "bytes": r.num_bytes,
-           "eval_seconds": r.seconds, "total_bytes": total_bytes, "seq_len": seq_len, "stride": stride}
+           "eval_seconds": sum(v for k, v in scored.stages.items() if "." not in k), "stages": scored.stages,
+           "total_bytes": scored.info.total_bytes, "seq_len": cfg.eval_seq_len, "stride": cfg.eval_stride,
+           "ttt": cfg.eval.ttt}
     if info.is_main:
-        print(f"val_bpb {r.bpb:.6f} | val_loss {r.loss:.6f} | {r.num_tokens:,} tokens, {r.num_bytes:,} bytes | "
-              f"seq {seq_len} stride {stride} | {r.seconds:.1f} s | artifact {total_bytes:,} bytes", file=sys.stdout)
+        print(eval_line(r, cfg, scored.info.total_bytes), file=sys.stdout)
     return out

@@ -1,4 +1,4 @@
-"""Evaluators over the flat validation stream: sliding windows and the baseline's plain one.
+"""Evaluators over the flat validation stream: sliding windows through the token ledger, and the baseline's plain one.
 
 Sliding-window evaluation (parameter-golf record 2026-03-19_SlidingWindowEval) runs full-length
 windows every `stride` tokens and scores only each window's last `stride` predictions, so every
@@ -7,7 +7,11 @@ exactly once; the record's original window filter scored the stream's tail twice
 2026-04-01 record, whose geometry this follows). `evaluate_standard` is the baseline's
 non-overlapping evaluation, written independently, against which stride == seq_len is checked.
 
-The model is any module with `per_token_nll(input_ids (B, T), target_ids (B, T)) -> (B, T)` nats.
+The model is any module with `per_token_nll(input_ids (B, T), target_ids (B, T)) -> (B, T)` nats;
+one that also has `hidden_states`/`logits_from_hidden` gets logits only for the scored columns.
+Windows are ledger rows (`pgolf.eval.bpb.TokenLedger`): the scorer reads them from the ledger and
+commits each window's losses, so every prediction is provably scored once. Evaluation works at any
+window length; RoPE models trained shorter may want the model's NTK rescale (model.rope_train_seq_len).
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import groupby
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from pgolf.dist import all_reduce_sum_
 from pgolf.errors import UserError
-from pgolf.eval.bpb import BpbTotals, bits_per_byte
+from pgolf.eval.bpb import BpbTotals, LedgerReport, TokenLedger, bits_per_byte
 from pgolf.tokenizer import ByteLuts
 
 Window = tuple[int, int, int]  # (window_start, window_len, score_from)
@@ -63,98 +69,114 @@ def window_plan(total_tokens: int, seq_len: int, stride: int) -> list[Window]:
 
 @dataclass
 class EvalResult:
-    """One evaluation: mean nll (nats/token), val_bpb, what was scored, and wall time."""
+    """One evaluation: mean nll (nats/token), val_bpb, what was scored, wall time, and the ledger's counts."""
 
     loss: float
     bpb: float
     num_tokens: int
     num_bytes: int
     seconds: float
+    ledger: LedgerReport | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per part (score, adapt) where measured
 
 
-def _batches(windows: list[Window], batch_windows: int) -> Iterator[list[Window]]:
-    """Consecutive runs of equal-length windows, at most batch_windows per batch."""
-    for _, run in groupby(windows, key=lambda w: w[1]):
-        run = list(run)
-        for i in range(0, len(run), batch_windows):
-            yield run[i: i + batch_windows]
+def window_rows(windows: list[Window]) -> np.ndarray:
+    """Windows as ledger rows (base, lo, hi) = (window_start, score_from, window_len); (W, 3) int64."""
+    return np.asarray([(ws, s, wlen) for ws, wlen, s in windows], dtype=np.int64).reshape(-1, 3)
+
+
+def rank_share(items: list[Any], rank: int, world_size: int) -> list[Any]:
+    """Contiguous block `rank` of `world_size` near-equal blocks."""
+    n = len(items)
+    return items[n * rank // world_size: n * (rank + 1) // world_size]
+
+
+def _batch_slices(widths: np.ndarray, batch_rows: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive runs of equal width, at most batch_rows long."""
+    i, n = 0, len(widths)
+    while i < n:
+        j = i + 1
+        while j < n and j - i < batch_rows and widths[j] == widths[i]:
+            j += 1
+        yield i, j
+        i = j
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def score_windows(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, windows: list[Window], *,
-                  batch_windows: int, device: torch.device | str = "cpu", autocast_bf16: bool = False,
-                  progress: bool = False) -> BpbTotals:
-    """This process's unreduced totals over `windows` (call under inference mode, model in eval)."""
-    device = torch.device(device)
-    stream = tokens.to(device=device, dtype=torch.long)  # (N,)
-    luts = luts.to(device)
-    totals = BpbTotals.zeros(device)
-    bar = _progress_bar(len(windows)) if progress else None
-    for batch in _batches(windows, max(1, batch_windows)):
-        wlen = batch[0][1]
-        starts = torch.tensor([w[0] for w in batch], device=device)  # (B,)
-        score_from = torch.tensor([w[2] for w in batch], device=device)  # (B,)
-        pos = torch.arange(wlen, device=device)  # (T,)
-        x = stream[starts[:, None] + pos]  # (B, T)
-        y = stream[starts[:, None] + pos + 1]  # (B, T)
-        with _autocast(device, autocast_bf16):
-            nll = model.per_token_nll(x, y).float()  # (B, T)
-        scored = pos[None, :] >= score_from[:, None]  # (B, T)
-        totals.add(nll, x, y, luts, mask=scored)
+def token_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, col0: int = 0) -> torch.Tensor:
+    """Per-token nll (B, T - col0) of the predictions from column col0 on: full-vocabulary softmax
+    cross-entropy. Models with `hidden_states`/`logits_from_hidden` compute logits only where scored."""
+    if col0 == 0 or not hasattr(model, "logits_from_hidden"):
+        return model.per_token_nll(x, y)[:, col0:].float()
+    logits = model.logits_from_hidden(model.hidden_states(x)[:, col0:])  # (B, T', V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y[:, col0:].flatten(), reduction="none").view(y.shape[0], -1)
+
+
+def score_rows(model: nn.Module, ledger: TokenLedger, rows: np.ndarray, *, batch_rows: int,
+               autocast_bf16: bool = False, progress: bool = False) -> None:
+    """Score ledger rows in batches of equal width and commit them (call under inference mode, model in eval).
+
+    The rows go to the device once; a batch then needs no host-device synchronisation."""
+    if len(rows) == 0:
+        return
+    rows_dev = torch.from_numpy(rows).to(ledger.device)  # (R, 3)
+    bar = progress_bar(len(rows), "eval", "win") if progress else None
+    for i0, i1 in _batch_slices(rows[:, 2], max(1, batch_rows)):
+        batch, batch_dev = rows[i0:i1], rows_dev[i0:i1]
+        col0 = int(batch[:, 1].min())
+        x, y = ledger.window_batch(batch_dev, int(batch[0, 2]))  # (B, T) each
+        with _autocast(ledger.device, autocast_bf16):
+            nll = token_nll(model, x, y, col0)  # (B, T - col0)
+        ledger.commit(batch, nll, batch_dev, col0=col0)
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(i1 - i0)
     if bar is not None:
         bar.close()
-    return totals
 
 
-def _progress_bar(total: int) -> tqdm:
-    # A bar only on a terminal: redirected output (logs, CI) stays one line per event.
-    return tqdm(total=total, desc="eval", unit="win", leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
-
-
-def _rank_share(items: list[Window], rank: int, world_size: int) -> list[Window]:
-    """Contiguous block `rank` of `world_size` near-equal blocks."""
-    n = len(items)
-    return items[n * rank // world_size: n * (rank + 1) // world_size]
+def progress_bar(total: int, desc: str, unit: str) -> tqdm:
+    """A bar only on a terminal: redirected output (logs, CI) stays one line per event."""
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; the caller's training mode is restored after."""
+def eval_mode(model: nn.Module, inference: bool = True) -> Iterator[None]:
+    """Eval mode (and no autograd unless `inference` is False) for the duration; training mode restored after."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if inference else contextlib.nullcontext():
             yield
     finally:
         model.train(was_training)
 
 
-def _result(nll_sum: float, num_tokens: float, num_bytes: float, t0: float) -> EvalResult:
+def result_from(totals: BpbTotals, report: LedgerReport | None, t0: float) -> EvalResult:
     """Read the totals first (waiting for the device), then the clock."""
+    nll_sum, num_tokens, num_bytes = float(totals.nll_sum), float(totals.token_count), float(totals.byte_count)
     return EvalResult(loss=nll_sum / num_tokens, bpb=bits_per_byte(nll_sum, num_bytes), num_tokens=int(num_tokens),
-                      num_bytes=int(num_bytes), seconds=time.perf_counter() - t0)
+                      num_bytes=int(num_bytes), seconds=time.perf_counter() - t0, ledger=report)
 
 
 def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
              batch_tokens: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
              autocast_bf16: bool = False, progress: bool = False) -> EvalResult:
-    """Sliding-window val_bpb over the whole stream, windows split across ranks, summed over ranks.
+    """Sliding-window val_bpb over the whole stream through a ledger, windows split across ranks.
 
-    `batch_tokens` counts tokens per forward summed over ranks, as eval.batch_tokens does.
+    `batch_tokens` counts tokens per forward summed over ranks, as eval.batch_tokens does. Every rank
+    of a `world_size` process group must call it (the totals and the coverage check are collectives).
     """
     t0 = time.perf_counter()
-    windows = _rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size)
-    with _eval_mode(model):
-        totals = score_windows(model, tokens, luts, windows, batch_windows=batch_tokens // (world_size * seq_len),
-                               device=device, autocast_bf16=autocast_bf16, progress=progress and rank == 0)
-        totals.all_reduce()
-    return _result(float(totals.nll_sum), float(totals.token_count), float(totals.byte_count), t0)
+    ledger = TokenLedger(tokens, luts, device)
+    rows = window_rows(rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size))
+    with eval_mode(model):
+        score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),
+                   autocast_bf16=autocast_bf16, progress=progress and rank == 0)
+    totals, report = ledger.finish()
+    return result_from(totals, report, t0)
 
 
 def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, batch_tokens: int,
@@ -171,7 +193,7 @@ def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *,
     per_batch = max(1, batch_tokens // (world_size * seq_len))
     base, space, boundary = luts.base_bytes.to(device), luts.has_leading_space.to(device), luts.is_boundary.to(device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll nats, tokens, bytes
-    with _eval_mode(model):
+    with eval_mode(model):
         for i in range(first, last, per_batch):
             x, y = inputs[i: min(i + per_batch, last)], targets[i: min(i + per_batch, last)]  # (B, T)
             with _autocast(device, autocast_bf16):
@@ -181,4 +203,6 @@ def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *,
             sums[1] += y.numel()
             sums[2] += num_bytes.sum()
         all_reduce_sum_(sums)
-    return _result(*sums.tolist(), t0)
+    nll_sum, num_tokens, num_bytes = sums.tolist()
+    return EvalResult(loss=nll_sum / num_tokens, bpb=bits_per_byte(nll_sum, num_bytes), num_tokens=int(num_tokens),
+                      num_bytes=int(num_bytes), seconds=time.perf_counter() - t0)
