@@ -58,7 +58,7 @@ def fake_run(folder: Path, cfg: RunConfig, *, val_bpb: float, val_loss: float, m
         "tokens_seen": steps * batch, "num_parameters": 1, "peak_memory_bytes": 2**20, "eval_seconds": 0.2,
         "within_eval_budget": True, "eval_seq_len": 64, "eval_stride": 64, "val_tokens_scored": 100,
         "val_bytes_scored": 300, "world_size": 1, "seed": cfg.train.seed,
-        "reference_bpb": {"xz": 3.0, "brotli": 2.9}, "compliant": True, "compliance_failures": [],
+        "reference_bpb": {"xz": 3.0, "brotli": 2.9, "sample_bytes": 300, "whole_text": True}, "compliant": True, "compliance_failures": [],
         "compliance_lines": ["compliance: COMPLIANT"],
     }
     if artifact:

@@ -164,7 +164,17 @@ def build_components(cfg: RunConfig, model: nn.Module) -> list[Component]:
         SWA(model, tc.swa_every, tc.swa_lr_threshold) if tc.swa_every > 0 else Disabled("swa"),
         GradientSensitivity(model, tc.sensitivity_frac) if tc.sensitivity_frac > 0 else Disabled("sensitivity"),
         looping_switch(cfg, model),
+        qat_component(cfg, model),
     ]
+
+
+def qat_component(cfg: RunConfig, model: nn.Module) -> Component:
+    """Late QAT (`train.qat_threshold`): the export's fake quantisation switched on below that LR multiplier."""
+    if cfg.train.qat_threshold <= 0:
+        return Disabled("qat")
+    from pgolf.quant.qat import qat_switch
+
+    return SwitchAtThreshold("qat", qat_switch(model, cfg), below_lr_mul=cfg.train.qat_threshold)
 
 
 def looping_switch(cfg: RunConfig, model: nn.Module) -> Component:

@@ -337,6 +337,9 @@ class TrainConfig:
     sensitivity_frac: float = 0.0
     """Accumulate each parameter tensor's mean squared gradient over this last fraction of the warm-down
     (saved as sensitivity.json for the quantiser); 0 = off."""
+    qat_threshold: float = 0.0
+    """Late QAT: once the LR multiplier falls below this, block matrices train through the export's own
+    fake quantisation (straight-through); 0 = off (records: 0.15)."""
     checkpoint_every_seconds: float = 0.0
     """Write the training state to RUN_DIR/checkpoint.safetensors every N training seconds, atomically
     (resume with `pgolf train --resume RUN_DIR`); 0 = off."""
@@ -365,6 +368,7 @@ class TrainConfig:
         _require(self.swa_every >= 0, f"train.swa_every={self.swa_every} must be >= 0")
         _require(0 < self.swa_lr_threshold <= 1, f"train.swa_lr_threshold={self.swa_lr_threshold} must be in (0, 1]")
         _require(0 <= self.sensitivity_frac <= 1, f"train.sensitivity_frac={self.sensitivity_frac} must be in [0, 1]")
+        _require(0 <= self.qat_threshold <= 1, f"train.qat_threshold={self.qat_threshold} must be in [0, 1]")
         _require(self.checkpoint_every_seconds >= 0,
                  f"train.checkpoint_every_seconds={self.checkpoint_every_seconds} must be >= 0")
         _require(self.calibration_reserve_seconds >= 0,
@@ -567,6 +571,9 @@ class EvalConfig:
     """Evaluate only the first N validation tokens (for quick checks; 0 = all). Reported in the summary."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Compute dtype of evaluation forward passes (TTT steps included); `auto` as train.dtype."""
+    reference_bytes: int = 1_000_000
+    """xz and brotli are run on at most this many bytes of whole validation documents (labelled a sample when
+    it is not the whole text) as a yardstick beside val_bpb; 0 = off."""
     ttt: Literal["none", "chunked", "lora"] = "none"
     """Score-first test-time training of the final evaluation: `none` (fixed predictor), `chunked` (SGD on the
     whole model after each scored 32k-token chunk), `lora` (per-document LoRA updated after each scored chunk of
@@ -577,6 +584,7 @@ class EvalConfig:
         _require(self.stride >= 0, f"eval.stride={self.stride} must be >= 0")
         _require(0 < self.batch_tokens <= 1 << 24, f"eval.batch_tokens={self.batch_tokens} must be in 1..{1 << 24}")
         _require(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0")
+        _require(self.reference_bytes >= 0, f"eval.reference_bytes={self.reference_bytes} must be >= 0")
         if self.seq_len and self.stride:
             _require(self.stride <= self.seq_len, f"eval.stride={self.stride} must be <= eval.seq_len={self.seq_len}")
 

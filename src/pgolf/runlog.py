@@ -159,11 +159,12 @@ class RunLogger:
             f.write(text)
             f.flush()
 
-    def line(self, text: str) -> None:
-        """A human-readable log line (stdout and log.txt)."""
+    def line(self, text: str, echo: bool = True) -> None:
+        """A human-readable log line (stdout and log.txt; log.txt only with echo=False, as for the
+        challenge-format lines that reviewers grep, which would repeat pgolf's own on the terminal)."""
         if not self.enabled:
             return
-        if self.echo:
+        if self.echo and echo:
             if self._bar is not None:
                 self._bar.write(text, file=self.stream)
             else:

@@ -414,6 +414,10 @@ def _periodic_eval(trainer: Trainer, callback: EvalCallback, step: int, train_s:
     seconds = time.perf_counter() - t0
     log.line(f"eval step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items())
              + f" | {seconds:.1f} s (clock paused at {train_s:.1f} s)")
+    if "val_loss" in values and "val_bpb" in values:  # the challenge's own line, for reviewers' greps
+        log.line(f"step:{step}/{trainer.cfg.train.iterations} val_loss:{values['val_loss']:.4f} "
+                 f"val_bpb:{values['val_bpb']:.4f} train_time:{train_s * 1000:.0f}ms "
+                 f"step_avg:{train_s * 1000 / max(step, 1):.2f}ms", echo=False)
     log.metrics("eval", step=step, train_seconds=train_s, eval_seconds=seconds, **values)
 
 
@@ -422,6 +426,9 @@ def _log_step(log: RunLogger, cfg: RunConfig, step: int, loss: float, mul: float
     tokens_per_s = tc.train_batch_tokens * step / max(train_s, 1e-9)
     log.advance_progress(1, loss=f"{loss:.3f}")
     log.metrics("step", step=step, loss=loss, lr_mul=mul, step_ms=step_s * 1000, train_seconds=train_s)
+    if step <= 10 or step % max(tc.train_log_every, 1) == 0:  # the challenge's line and cadence, log.txt only
+        log.line(f"step:{step}/{tc.iterations} train_loss:{loss:.4f} train_time:{train_s * 1000:.0f}ms "
+                 f"step_avg:{train_s * 1000 / step:.2f}ms", echo=False)
     if step == 1 or step % max(tc.train_log_every, 1) == 0:
         by_steps = (tc.iterations - step) * train_s / step
         by_clock = tc.max_wallclock_seconds - train_s if tc.max_wallclock_seconds > 0 else by_steps

@@ -10,6 +10,8 @@ and leaves the rest position-free; beyond the training length the base is NTK-re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,14 +26,19 @@ class CastedLinear(nn.Linear):
     """Bias-free linear whose fp32 weight is cast to the input's dtype at the matmul.
 
     `role` says what the weight is to the optimiser and the exporter (`pgolf.model.roles`): a block
-    "matrix" by default, "head" for an untied output head, "gate" for a small gate projection."""
+    "matrix" by default, "head" for an untied output head, "gate" for a small gate projection.
+    `weight_transform`, when set (late QAT, `pgolf.quant.qat`), maps the weight before the matmul. It is
+    an instance attribute, so a compiled model guards on it and recompiles when it is switched on (a
+    class-level flag would be folded into the graph as a constant and the switch would do nothing)."""
 
     def __init__(self, in_features: int, out_features: int, role: str = "matrix") -> None:
         super().__init__(in_features, out_features, bias=False)
         self.role = role
+        self.weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.weight_transform is None else self.weight_transform(self.weight)
+        return F.linear(x, w.to(x.dtype))
 
 
 def role_embedding(num_embeddings: int, embedding_dim: int, role: str) -> nn.Embedding:
