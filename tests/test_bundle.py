@@ -91,3 +91,19 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     cfg = apply_overrides(get_preset("test-tiny"), flags[2:])
     assert imported["modules"] == bundle_modules(cfg)  # nothing shipped that the run did not import
     assert imported["origins"] == ["train_gpt.py"]  # and every module came from the bundle
+
+
+@pytest.mark.parametrize("flags,module", [
+    (["--quant.scheme", "intx", "--quant.gptq", "true"], "pgolf.quant.gptq"),
+    (["--quant.scheme", "intx", "--quant.lqer_rank", "2"], "pgolf.quant.lqer"),
+    (["--train.qat_threshold", "0.15"], "pgolf.quant.qat"),
+    (["--eval.ttt", "chunked"], "pgolf.eval.ttt"),
+    (["--eval.ttt", "lora"], "pgolf.eval.lora"),
+])
+def test_feature_modules_ship_exactly_when_switched_on(flags: list[str], module: str) -> None:
+    from pgolf.bundle import FEATURE_MODULES
+
+    cfg = get_preset("test-tiny")
+    assert module in FEATURE_MODULES
+    assert module not in bundle_modules(cfg)
+    assert module in bundle_modules(apply_overrides(cfg, flags))

@@ -32,6 +32,8 @@ FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
     "pgolf.eval.ttt": lambda cfg: cfg.eval.ttt == "chunked",
     "pgolf.eval.lora": lambda cfg: cfg.eval.ttt == "lora",
     "pgolf.quant.qat": lambda cfg: cfg.train.qat_threshold > 0,
+    "pgolf.quant.gptq": lambda cfg: cfg.quant.gptq,
+    "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,
 }
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 

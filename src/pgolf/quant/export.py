@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +27,13 @@ from pgolf.config import RUN_IDENTITY_FIELDS, QuantConfig, RunConfig, config_to_
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.quant.fit import FitResult, fit_to_budget
-from pgolf.quant.gptq import Calibration, calibrate, training_batches
 from pgolf.quant.layout import QuantizedTensor
 from pgolf.quant.pack import compress_best, encode_stream, order0_entropy_bits
 from pgolf.quant.plan import plan_export
 from pgolf.quant.quantize import GPTQOptions
+
+if TYPE_CHECKING:  # the GPTQ module ships only with quant.gptq
+    from pgolf.quant.gptq import Calibration
 
 SENSITIVITY_FILE = "sensitivity.json"
 RAW_WEIGHTS_FILE = "final_model.safetensors"
@@ -122,6 +124,7 @@ def load_sensitivity(path: Path) -> dict[str, float] | None:
 
 def calibration_for(model: nn.Module, cfg: RunConfig, names: list[str]) -> Calibration:
     """GPTQ Hessians from the run's TRAINING shards (or self-generated text), timed."""
+    from pgolf.quant.gptq import calibrate, training_batches  # shipped only with quant.gptq
     from pgolf.data.loader import DistributedTokenLoader
     from pgolf.data.shards import list_shards
 

@@ -32,7 +32,6 @@ from torch import Tensor
 from pgolf.config import QuantConfig
 from pgolf.errors import UserError
 from pgolf.quant.layout import QuantizedTensor, TensorPlan, expand_scales
-from pgolf.quant.lqer import add_lqer
 from pgolf.quant.pack import codec_choices, compress_best, encode_stream, order0_entropy_bits, pack
 from pgolf.quant.quantize import GPTQOptions, quantize
 
@@ -77,6 +76,8 @@ class Packer:
         """LQER corrections (on the same tensors once chosen, so pruning cannot move them)."""
         if not self.cfg.lqer_rank:
             return quantized
+        from pgolf.quant.lqer import add_lqer  # shipped only with quant.lqer_rank
+
         c = self.cfg
         plans, parts = add_lqer(self.state, {n: q.plan for n, q in quantized.items()},
                                 {n: q.parts for n, q in quantized.items()}, rank=c.lqer_rank, top_k=c.lqer_top_k,

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import UserError
-from pgolf.quant.gptq import GPTQError, quantize_rows_gptq
 from pgolf.quant.intx import quantize_rtn
 from pgolf.quant.layout import QuantizedTensor, TensorPlan
 
@@ -40,6 +39,8 @@ def quantize_one(name: str, t: Tensor, plan: TensorPlan, hessian: Tensor | None,
     t = t.detach()
     check_finite(name, t)
     if plan.kind == "intx_row" and plan.gptq and hessian is not None:
+        from pgolf.quant.gptq import GPTQError, quantize_rows_gptq  # shipped only with quant.gptq
+
         try:
             # on the Hessian's device: the column loop is the slow part of an export on a GPU
             parts = quantize_rows_gptq(t.to(hessian.device), plan, hessian, block_size=options.block_size,
