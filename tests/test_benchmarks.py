@@ -26,3 +26,19 @@ def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
     # value here: two timings on a busy machine may disagree; the benchmark reports, it does not judge).
     assert result["mfu"] == result["achieved_flops"] / result["matmul_peak_flops"]
     assert result["matmul_peak_flops"] == max(v for k, v in result["matmul_sweep_flops"].items() if k != "peak")
+
+
+def test_ablation_benchmark_runs_cumulative_groups(tmp_path: Path) -> None:
+    out = tmp_path / "ablation.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/ablation.py"), "--preset", "test-tiny", "--seeds", "7",
+                           "--seconds", "30", "--base-flags", "--train.iterations 2 --train.warmup_steps 0 "
+                           "--train.val_loss_every 0", "--group", "wide=--model.mlp_mult 3",
+                           "--out", str(tmp_path / "runs"), "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    base, wide = result["rows"]
+    assert (base["group"], wide["group"]) == ("base", "wide") and base["seeds"] == wide["seeds"] == [7]
+    assert "--model.mlp_mult" not in base["flags"] and wide["flags"][-2:] == ["--model.mlp_mult", "3"]
+    assert base["steps"]["mean"] == wide["steps"]["mean"] == 2 and base["val_bpb"]["mean"] > 0
