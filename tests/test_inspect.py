@@ -103,3 +103,9 @@ def test_cli_inspect_mistakes_are_one_line(args: list[str], message: str, capsys
     assert main(["inspect", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_cli_inspect_help_names_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--steps", "--compile", "--probe-seqs", "--nproc", "--json", "record-414"))
