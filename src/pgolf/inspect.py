@@ -5,12 +5,13 @@
 - The artifact's bytes: the counted code exactly (the bundle, `pgolf.bundle.code_bytes`) plus the
   model estimated from the export plan (`pgolf.quant.plan.plan_export`). Each quantised format of the
   plan (bits, clip rule, row length, packing, codec) is measured now: Gaussian rows of that length are
-  quantised and compressed with the plan's own stages, giving bytes per parameter. Gaussian rows are
-  the CPU track's measured case (cpu-baseline's trained int8 artifact, 875,662 bytes for 937,884
-  parameters, is what Gaussian rows give); long GPU runs end with heavier-tailed weights that compress
-  better (record #414: about 4.5 bits per int6 parameter against 5.4 here), so there the estimate is
-  an upper bound. Scales, float copies and pass-through tensors count their stored bytes; the header
-  is compressed as written. Bit allocation and pruning, when on, fit the file at export.
+  quantised and compressed with the plan's own stages, giving bytes per parameter. That is close to
+  the CPU track's trained weights (cpu-baseline's trained int8 artifact measured 875,662 model bytes;
+  this estimate gives 913,101, a Gaussian-weight export 903,710) and an upper bound for long GPU runs,
+  whose heavier-tailed weights compress better (record #414: about 4.4 bits per int6 parameter against
+  5.4 here). Scales, float copies and pass-through tensors count their stored bytes; the header is
+  compressed as written. Bit allocation (whose range of totals is given) and pruning fit the file at
+  export.
 - The step time on this machine: one untimed warm-up step, then a few real optimiser steps (every
   training component updating) on random tokens, eager unless asked to compile. A micro-batch larger
   than the probe is timed on fewer sequences and the forward/backward time scaled linearly to the
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -43,9 +45,13 @@ GAUSSIAN_SEED = 0
 
 @dataclass
 class ParameterReport:
+    """Parameter counts of a config's model."""
+
     total: int
     by_role: dict[str, int]
+    """Role (`pgolf.model.roles.ROLES`) -> parameters."""
     groups: list[dict[str, Any]]
+    """One row per optimiser param group (`pgolf.optim.groups.describe_groups`)."""
 
 
 def meta_model(cfg: RunConfig) -> GPT:
@@ -70,7 +76,10 @@ def parameter_report(model: GPT, cfg: RunConfig) -> ParameterReport:
 
 @dataclass
 class BytesLine:
+    """Estimated bytes of the tensors stored in one format."""
+
     label: str
+    """The format: `int6 gptq_lite`, `float float16`..."""
     params: int
     bytes: float
 
@@ -81,13 +90,18 @@ class BytesLine:
 
 @dataclass
 class ByteEstimate:
+    """Counted code bytes and the estimated model bytes of a config, against its budget."""
+
     code_bytes: int
+    """The bundle's size, exact."""
     header_bytes: int
+    """The artifact's compressed JSON header and fixed header."""
     lines: list[BytesLine]
     budget_bytes: int
     margin_bytes: int
     codec: str
     fitted_at_export: list[str] = field(default_factory=list)
+    """The fitting switches on (quant.allocate_bits, quant.prune)."""
     allocated_range: tuple[int, int] | None = None
     """With quant.allocate_bits: total bytes with every allocated tensor at min_bits, and at max_bits."""
     min_bits: int = 0
@@ -204,6 +218,8 @@ def estimate_bytes(model: GPT, cfg: RunConfig, code_bytes: int) -> ByteEstimate:
 
 @dataclass
 class StepTiming:
+    """Seconds per optimiser step on this machine and the steps that fit the training budget."""
+
     device: str
     bf16: bool
     compiled: bool
@@ -211,6 +227,9 @@ class StepTiming:
     probe_seqs: int
     micro_seqs: int
     micro_batches: int
+    """Micro-batches per step on one rank."""
+    nproc: int
+    """Data-parallel ranks the global batch is split over."""
     seq_len: int
     step_seconds: dict[str, float]
     """Seconds per full optimiser step, per plan ("one pass" / "looped", or "step")."""
@@ -219,7 +238,8 @@ class StepTiming:
     steps_in_budget: int
 
 
-def _random_batch(seqs: int, seq_len: int, vocab: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_batch(seqs: int, seq_len: int, vocab: int, device: torch.device,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.randint(0, vocab, (seqs, seq_len + 1), generator=gen).to(device)  # (S, T+1)
     return tokens[:, :-1], tokens[:, 1:]
 
@@ -326,7 +346,8 @@ def time_steps(cfg: RunConfig, *, steps: int = 3, compile_model: bool = False, p
         step_s[label] = fwd_bwd * scale + opt_s[label]
     budget = budget_seconds(cfg)
     return StepTiming(device=str(device), bf16=runner.bf16, compiled=compile_model, timed_steps=max(steps, 1),
-                      probe_seqs=probe, micro_seqs=micro_seqs, micro_batches=accum, seq_len=tc.train_seq_len,
+                      probe_seqs=probe, micro_seqs=micro_seqs, micro_batches=accum, nproc=nproc,
+                      seq_len=tc.train_seq_len,
                       step_seconds=step_s, optimizer_seconds=opt_s, budget_seconds=budget,
                       steps_in_budget=steps_in_budget(cfg, step_s, budget))
 
@@ -335,6 +356,8 @@ def time_steps(cfg: RunConfig, *, steps: int = 3, compile_model: bool = False, p
 
 @dataclass
 class InspectReport:
+    """Everything `pgolf inspect` prints about one config."""
+
     preset: str
     cfg: RunConfig
     params: ParameterReport
@@ -380,7 +403,7 @@ def report_json(report: InspectReport) -> dict[str, Any]:
                        for s, t in report.techniques],
     }
     if report.timing is not None:
-        out["timing"] = {k: v for k, v in report.timing.__dict__.items()}
+        out["timing"] = dataclasses.asdict(report.timing)
     return json.loads(json.dumps(out))
 
 
@@ -421,7 +444,7 @@ def format_bytes(b: ByteEstimate) -> list[str]:
     if b.allocated_range:
         lo, hi = b.allocated_range
         lines.append(f"  quant.allocate_bits chooses each tensor's width at export: {lo:,} bytes with all at "
-                     f"int{b.min_bits}, {hi:,} at int{b.max_bits} (the planned widths above are its starting table)")
+                     f"int{b.min_bits}, {hi:,} at int{b.max_bits} (the rows above are at the planned widths)")
     if "quant.prune" in b.fitted_at_export:
         lines.append("  quant.prune zeroes the cheapest +-1 codes at export until the file fits")
     return lines
@@ -438,9 +461,10 @@ def format_timing(t: StepTiming) -> list[str]:
     else:
         lines.append(f"  {t.micro_batches} micro-batch(es) of {t.micro_seqs} x {t.seq_len} tokens per step")
     tokens = t.micro_batches * t.micro_seqs * t.seq_len
+    rank = f" per rank of {t.nproc} (communication not counted)" if t.nproc > 1 else ""
     for label, seconds in t.step_seconds.items():
-        lines.append(f"  {label:8s} {seconds:8.3f} s per step (optimiser and components {t.optimizer_seconds[label]:.3f} s)"
-                     f" -> {tokens / seconds:,.0f} tokens/s")
+        lines.append(f"  {label:8s} {seconds:8.3f} s per step (optimiser and components "
+                     f"{t.optimizer_seconds[label]:.3f} s) -> {tokens / seconds:,.0f} tokens/s{rank}")
     budget = f"{t.budget_seconds:g} s of training budget" if t.budget_seconds > 0 else "no time budget"
     lines.append(f"  steps in {budget}: {t.steps_in_budget:,}")
     return lines

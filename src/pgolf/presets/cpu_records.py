@@ -102,7 +102,8 @@ def cpu_record_414() -> RunConfig:
         # record: 786,432 tokens/step (1.5x the baseline's); kept at 16,384 here, as 24,576 would leave
         # ~140 steps. Warm-down 3500 of 7,101 steps.
         train=dict(warmdown_frac=_share(3500, "414"), ema_decay=_decay(0.997, "414", steps)),
-        quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, compressor="zstd", level=22),
+        quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, control_dtype="float16",
+                   compressor="zstd", level=22),
         eval=dict(stride=64),
     )
 
@@ -143,8 +144,8 @@ def cpu_record_1992_legal() -> RunConfig:
         # one micro-batch (the record's GRAD_ACCUM_STEPS=1); GPTQ calibration in the record's 12 s reserve
         train=dict(train_batch_tokens=6_144, grad_accum_steps=1, warmdown_frac=0.72,
                    ema_decay=_decay(0.990, "1992-legal", steps), data_order="shuffled", calibration_reserve_seconds=12.0),
-        quant=dict(scheme="intx", matrix_bits=6, embed_bits=7, matrix_clip="sdclip", embed_clip="sdclip",
-                   sdclip_k=(12.85,), sdclip_k_embed=(15.0,), gptq=True, gptq_calibration="train",
+        quant=dict(scheme="intx", matrix_bits=6, embed_bits=7, control_dtype="float16", matrix_clip="sdclip",
+                   embed_clip="sdclip", sdclip_k=(12.85,), sdclip_k_embed=(15.0,), gptq=True, gptq_calibration="train",
                    gptq_batches=64, byte_shuffle=True, compressor="brotli", level=11),
         eval=dict(stride=64, ttt="chunked"),
         ttt=dict(chunk_tokens=8_192, lr=0.005, momentum=0.9, epochs=1, batch_seqs=32, grad_clip=1.0),

@@ -58,7 +58,9 @@ def record_414() -> RunConfig:
         # 786,432 tokens = 8 ranks x 48 sequences of 2048; the record's tight SWA is collected but never
         # exported (the EMA weights are), so it stays off here
         train=dict(train_batch_tokens=786_432, train_seq_len=2048, warmdown_iters=3500, ema_decay=0.997),
-        quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, compressor="zstd", level=22),
+        # tensors of at most 65,536 values, control tensors included, are stored as fp16
+        quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, control_dtype="float16",
+                   compressor="zstd", level=22),
         eval=dict(stride=64),
     )
 
@@ -98,9 +100,9 @@ def record_1992_legal() -> RunConfig:
         train=dict(train_batch_tokens=196_608, train_seq_len=2048, warmdown_frac=0.72, ema_decay=0.990,
                    data_order="shuffled", calibration_reserve_seconds=12.0),
         # GPTQ (64 batches x 12 sequences on each rank) with SDClip: int6 matrices k=12.85, int7 embedding
-        # k=15; byte shuffle + brotli-11
-        quant=dict(scheme="intx", matrix_bits=6, embed_bits=7, matrix_clip="sdclip", embed_clip="sdclip",
-                   sdclip_k=(12.85,), sdclip_k_embed=(15.0,), gptq=True, gptq_calibration="train",
+        # k=15; small tensors, control tensors included, fp16; byte shuffle + brotli-11
+        quant=dict(scheme="intx", matrix_bits=6, embed_bits=7, control_dtype="float16", matrix_clip="sdclip",
+                   embed_clip="sdclip", sdclip_k=(12.85,), sdclip_k_embed=(15.0,), gptq=True, gptq_calibration="train",
                    gptq_batches=64 * 12, byte_shuffle=True, compressor="brotli", level=11),
         eval=dict(stride=64, ttt="chunked"),
         # TTT_LR 0.005 (the SP8192 value), 3 epochs, momentum 0.9, 32,768-token chunks, clip 1.0
