@@ -3,8 +3,6 @@ own logs, every switch their technique table names switched on, data paths follo
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
