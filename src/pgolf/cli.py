@@ -6,6 +6,7 @@
     pgolf eval ARTIFACT [--data.* --eval.* --ttt.*]      score an artifact (roundtrip), write compliance.json
     pgolf run      --preset P [overrides]                every stage, then a summary
     pgolf bundle   --preset P [-o train_gpt.py]          the single-file script whose size is the counted code
+    pgolf inspect  --preset P [overrides]                parameters, estimated bytes, step time, techniques
     pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
     pgolf presets                                        list presets
 
@@ -28,7 +29,8 @@ from pgolf.errors import UserError
 from pgolf.presets import PRESETS, get_preset
 
 DEFAULT_PRESET = "cpu-demo"
-USAGE = "usage: pgolf {prepare,train,eval,run,bundle,data,presets} [--preset NAME] [--section.field VALUE ...]"
+USAGE = ("usage: pgolf {prepare,train,eval,run,bundle,inspect,data,presets} [--preset NAME] "
+         "[--section.field VALUE ...]")
 
 
 def wants_help(args: list[str]) -> bool:
@@ -407,6 +409,59 @@ def cmd_bundle(args: list[str]) -> int:
     return 0
 
 
+INSPECT_USAGE = """usage: pgolf inspect --preset NAME [--steps N] [--compile] [--probe-seqs K] [--nproc N] [--json PATH]
+                     [--section.field VALUE ...]
+
+Before any training: parameters per role and optimiser group, the artifact's estimated bytes (code exact,
+model from the export plan and bytes/param measured on Gaussian rows) against the budget, the step time on
+this machine (N real optimiser steps on random tokens after one untimed warm-up; default 3, 0 skips the
+timing) and the steps that fit the training budget, and every technique of the record the preset
+reproduces with its state (on / off / CUDA only / not built / excluded).
+
+  --compile        time the compiled model (default eager; the warm-up step absorbs the compilation)
+  --probe-seqs K   sequences per timed micro-batch (default: up to 8,192 tokens); a larger micro-batch
+                   is timed on K sequences and scaled linearly
+  --nproc N        time one rank's share of the batch over N data-parallel ranks (communication not counted)
+  --json PATH      also write the report as JSON"""
+
+
+def _int_flag(value: str | None, flag: str, default: int, minimum: int) -> int:
+    from pgolf.flags import parse_text
+
+    if value is None:
+        return default
+    number = parse_text(value, int, flag)
+    if number < minimum:
+        raise UserError(f"{flag} must be >= {minimum}, got {number}")
+    return number
+
+
+def cmd_inspect(args: list[str]) -> int:
+    """Parameters, estimated artifact bytes, step time and the record's techniques of a config, before training."""
+    from pgolf.inspect import format_report, inspect_config, report_json
+    from pgolf.runlog import write_json_atomic
+    from pgolf.verbargs import take_flag
+
+    steps, rest = take_flag(args, "--steps")
+    probe, rest = take_flag(rest, "--probe-seqs")
+    nproc, rest = take_flag(rest, "--nproc")
+    json_path, rest = take_flag(rest, "--json")
+    compile_model = "--compile" in rest
+    rest = [a for a in rest if a != "--compile"]
+    preset, _ = split_preset(rest)
+    if wants_help(rest):
+        print_config_help(INSPECT_USAGE, get_preset(preset or DEFAULT_PRESET))
+        return 0
+    cfg = config_from_args(rest, "pgolf inspect", require_preset=True)
+    assert cfg is not None and preset is not None
+    report = inspect_config(preset, cfg, steps=_int_flag(steps, "--steps", 3, 0), compile_model=compile_model,
+                            probe_seqs=_int_flag(probe, "--probe-seqs", 0, 1), nproc=_int_flag(nproc, "--nproc", 1, 1))
+    print("\n".join(format_report(report)))
+    if json_path:
+        write_json_atomic(Path(json_path), report_json(report))
+    return 0
+
+
 def cmd_presets(args: list[str]) -> int:
     """List the presets with their model size and budget."""
     for name, fn in PRESETS.items():
@@ -541,8 +596,8 @@ def cmd_report(args: list[str]) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "run": cmd_run, "quantize": cmd_quantize,
-            "bundle": cmd_bundle, "data": cmd_data, "presets": cmd_presets, "seeds": cmd_seeds, "compare": cmd_compare,
-            "export-record": cmd_export_record, "verify": cmd_verify, "report": cmd_report}
+            "bundle": cmd_bundle, "inspect": cmd_inspect, "data": cmd_data, "presets": cmd_presets, "seeds": cmd_seeds,
+            "compare": cmd_compare, "export-record": cmd_export_record, "verify": cmd_verify, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
