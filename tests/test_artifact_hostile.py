@@ -391,3 +391,20 @@ def _json_ok(h: Header) -> bool:
         return True
     except ValueError:
         return False
+
+
+@pytest.mark.parametrize("fields", [dict(value_embed_layers=(6, 7)), dict(num_loops=1, loop_start=2, loop_end=4),
+                                    dict(parallel_residual="gptj", parallel_from=6)])
+def test_parameter_prefilter_handles_features_indexed_by_layer(fields: dict) -> None:
+    # The pre-filter sizes small versions of the model; features naming deep layers must not make it refuse.
+    import dataclasses
+
+    from pgolf.artifact import estimated_params
+    from pgolf.config import ModelConfig
+    from pgolf.model.gpt import GPT
+
+    cfg = dataclasses.replace(ModelConfig(vocab_size=64, num_layers=8, model_dim=32, num_heads=2, num_kv_heads=1),
+                              **fields)
+    cfg.validate()
+    exact = sum(p.numel() for p in GPT(cfg).parameters())
+    assert 0.5 * exact <= estimated_params(cfg) <= 1.5 * exact  # a pre-filter at 2x the bound needs no more

@@ -22,8 +22,8 @@ SRC = str(REPO / "src")
 # Runs a script with the pgolf package unreachable (its source folder off sys.path and no other copy
 # importable), then records which pgolf modules the run imported.
 HIDDEN = """
-import importlib.util, json, runpy, sys
-sys.path[:] = [p for p in sys.path if p.rstrip("/") != {src!r}]
+import importlib.util, json, os, runpy, sys
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "pgolf"))]
 assert importlib.util.find_spec("pgolf") is None, "pgolf is still importable"
 sys.argv = ["train_gpt.py"] + {args!r}
 try:

@@ -340,8 +340,15 @@ def _expected_state(cfg_json: str) -> tuple[tuple[str, tuple[tuple[int, ...], st
 
 
 def estimated_params(cfg: ModelConfig) -> int:
-    """Parameters of `GPT(cfg)` extrapolated from its 1- and 2-layer versions (cheap, even for 1024 layers)."""
-    one, two = (sum(math.prod(shape) for shape, _ in expected_state(replace(cfg, num_layers=n)).values()) for n in (1, 2))
+    """Parameters of `GPT(cfg)` extrapolated from its 1- and 2-layer versions (cheap, even for 1024 layers).
+
+    Features that name layers by index (value embeddings, loops, parallel residuals) are dropped from the
+    small versions, which could not hold those indices; what they add per layer is small, so this stays a
+    fair pre-filter (the exact comparison with the full model follows)."""
+    flat = replace(cfg, value_embed_layers=(), num_loops=0, loop_start=0, loop_end=0, loop_enable_frac=0.0,
+                   parallel_residual="off", parallel_from=0)
+    one, two = (sum(math.prod(shape) for shape, _ in expected_state(replace(flat, num_layers=n)).values())
+                for n in (1, 2))
     return one + (cfg.num_layers - 1) * max(two - one, 0)
 
 
