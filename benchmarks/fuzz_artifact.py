@@ -21,6 +21,8 @@ Anything else is counted in `anything_else` (which must be 0): another exception
 line or not naming the file, different weights from a mutant that did not recompute the content digest, a
 malformed load, a worker past the deadline (a hang) or killed (a crash), or a mutant whose loading peaked
 over the memory bounds (the worker's peak RSS, and tracemalloc's peak of Python-side buffers).
+`errors_via_fallback` counts the clean errors that came from the loader's last-resort handler ("malformed
+(TypeError: ...)"): one line still, but a check the loader forgot, so they are listed in `fallback_examples`.
 
 Why `checked_load` is the right contract for careful liars: with both digests recomputed the file is byte for
 byte one that some exporter could have written. The format has no signature, and any code within its bit range
@@ -95,7 +97,8 @@ def classify(path: Path, reference: artifact.LoadedArtifact, liar: bool) -> tupl
         message = str(exc)
         if "\n" in message or str(path) not in message or "MemoryError" in message:
             return "anything_else", f"bad error message: {message[:300]}"
-        return "clean_error", "fallback" if "malformed (" in message else ""
+        # The loader's last-resort handler turns a check it forgot into one line; the fuzz reports those apart.
+        return "clean_error", f"fallback: {message[:300]}" if "malformed (" in message else ""
     except BaseException as exc:  # noqa: BLE001 - every other exception is the finding
         return "anything_else", f"{type(exc).__name__}: {str(exc)[:300]}"
     if same_state(loaded.state, reference.state) and loaded.model_config == reference.model_config:
@@ -176,6 +179,7 @@ def run_fuzz(originals: list[Path], count: int, *, seed: int = 0, bomb_bytes: in
     folder = Path(own.name) if own else Path(workdir)  # type: ignore[arg-type]
     totals, by_category = empty_counts(), {name: empty_counts() for name in CATEGORIES}
     examples: list[dict[str, Any]] = []
+    fallbacks: list[dict[str, Any]] = []
     stats = {"max_seconds": 0.0, "peak_rss_bytes": 0, "peak_python_bytes": 0, "errors_via_fallback": 0,
              "workers_started": 1}
     worker = Worker(originals)
@@ -197,7 +201,10 @@ def run_fuzz(originals: list[Path], count: int, *, seed: int = 0, bomb_bytes: in
             if answer["rss"] > RSS_BOUND_BYTES or answer["python_peak"] > PYTHON_BOUND_BYTES:
                 outcome, detail = "anything_else", f"memory over the bound (rss {answer['rss']:,}, " \
                                                    f"python {answer['python_peak']:,})"
-            stats["errors_via_fallback"] += detail == "fallback"
+            if detail.startswith("fallback") and outcome == "clean_error":
+                stats["errors_via_fallback"] += 1
+                if len(fallbacks) < 20:
+                    fallbacks.append({"index": index, "category": mutant.category, "detail": detail})
             stats["max_seconds"] = max(stats["max_seconds"], answer["seconds"])
             stats["peak_rss_bytes"] = max(stats["peak_rss_bytes"], answer["rss"])
             stats["peak_python_bytes"] = max(stats["peak_python_bytes"], answer["python_peak"])
@@ -210,7 +217,8 @@ def run_fuzz(originals: list[Path], count: int, *, seed: int = 0, bomb_bytes: in
         worker.close()
         if own:
             own.cleanup()
-    return {**totals, **stats, "by_category": by_category, "anything_else_examples": examples, "seed": seed,
+    return {**totals, **stats, "by_category": by_category, "anything_else_examples": examples,
+            "fallback_examples": fallbacks, "seed": seed,
             "bomb_bytes": bomb_bytes, "deadline_seconds": deadline, "rss_bound_bytes": RSS_BOUND_BYTES,
             "python_bound_bytes": PYTHON_BOUND_BYTES, "num_originals": len(originals)}
 
