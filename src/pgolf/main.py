@@ -81,8 +81,7 @@ def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfi
 def check_out_dir(out_dir: str) -> None:
     """A one-line UserError unless `out_dir` is a folder this process can write in (or can create): probed
     with a temporary file before any data preparation or training, so a bad --out_dir fails at once."""
-    folder = Path(out_dir)
-    existing = folder
+    existing = Path(out_dir)
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent  # where the missing folders would be created
     if not existing.is_dir():

@@ -232,7 +232,6 @@ class TokenLedger:
                               num_adapted=int((released > 0).sum()), num_releases=self.num_releases)
         return totals, report
 
-
     def _check_finite(self, totals: BpbTotals) -> None:
         """A UserError naming the first non-finite prediction (of this rank) when the summed loss is not finite:
         a NaN or infinite val_bpb is never a result. Every rank sees the same reduced sum, so all raise alike."""
