@@ -380,7 +380,8 @@ def check_against_model(path: Path, plans: dict[str, TensorPlan], cfg: ModelConf
 def split_streams(path: Path, plans: dict[str, TensorPlan], layout: Any, data: memoryview) -> dict[str, dict[str, bytes]]:
     """Name -> part -> bytes; the layout must list every stream once and the lengths must tile the data."""
     wanted = {(n, part) for n, p in plans.items() for part in stream_specs(p)}
-    if not isinstance(layout, list) or not all(isinstance(e, list) and len(e) == 2 for e in layout):
+    if not isinstance(layout, list) or not all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+                                               for e in layout):
         raise ArtifactError(path, "layout is not a list of [tensor, part] pairs")
     order = [tuple(e) for e in layout]
     if len(order) != len(wanted) or set(order) != wanted:

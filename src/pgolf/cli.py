@@ -164,9 +164,10 @@ def cmd_train(args: list[str]) -> int:
     if cfg is None:
         return 0
     from pgolf.bundle import build_bundle
-    from pgolf.main import ensure_data
+    from pgolf.main import check_out_dir, ensure_data
     from pgolf.prepare import prepare
 
+    check_out_dir(cfg.out_dir)
     info = _init_dist()
     try:
         ensure_data(cfg, info, prepare)

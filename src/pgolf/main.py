@@ -14,7 +14,9 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from pgolf import dist
 from pgolf.config import ConfigError, RunConfig, run_config_from_dict
@@ -59,7 +61,7 @@ def apply_env(cfg: RunConfig, environ: Mapping[str, str]) -> RunConfig:
 def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfig], object] | None) -> None:
     """Prepare the embedded corpus on rank 0 when a preparer is given (others wait), else check the
     shards are there; then check the tokenizer matches the model's vocabulary."""
-    from pgolf.data.shards import list_shards
+    from pgolf.data.shards import MissingShardsError, list_shards
     from pgolf.tokenizer import load_tokenizer
 
     if cfg.data.source == "embedded" and prepare is not None:
@@ -68,12 +70,29 @@ def ensure_data(cfg: RunConfig, info: dist.DistInfo, prepare: Callable[[RunConfi
         dist.barrier()
     try:
         list_shards(cfg.dataset_dir, "train")
-    except UserError:
+    except MissingShardsError:
         how = (f"`pgolf data fineweb --variant sp{cfg.model.vocab_size} --train-shards 80`" if cfg.data.source == "fineweb"
                else f"`pgolf prepare --model.vocab_size {cfg.model.vocab_size}`")
         raise UserError(f"no training shards in {cfg.dataset_dir}; create them with {how} "
                         f"or point DATA_PATH / --data.dataset_dir at them") from None
     load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size)
+
+
+def check_out_dir(out_dir: str) -> None:
+    """A one-line UserError unless `out_dir` is a folder this process can write in (or can create): probed
+    with a temporary file before any data preparation or training, so a bad --out_dir fails at once."""
+    existing = Path(out_dir)
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent  # where the missing folders would be created
+    if not existing.is_dir():
+        raise UserError(f"--out_dir {out_dir}: {existing} is not a folder; point --out_dir at a writable folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".out_dir_check.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out_dir {out_dir}: cannot write in {existing} ({exc.strerror}); point --out_dir at a "
+                        f"writable folder") from None
 
 
 def execute(cfg: RunConfig, command: str, code: bytes, prepare: Callable[[RunConfig], object] | None = None, *,
@@ -85,6 +104,7 @@ def execute(cfg: RunConfig, command: str, code: bytes, prepare: Callable[[RunCon
     seeds`): joining a torchrun group again after leaving it hangs, so such a caller leaves it once."""
     from pgolf.pipeline import run
 
+    check_out_dir(cfg.out_dir)
     info = dist.init()
     try:
         ensure_data(cfg, info, prepare)

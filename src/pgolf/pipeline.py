@@ -27,7 +27,7 @@ from pgolf.quant.export import ExportResult
 from pgolf.reference import reference_figures
 from pgolf.runlog import RunLogger, data_fingerprint, run_header, write_json_atomic
 from pgolf.scoring import ArtifactScore, ValData, load_val_data, run_eval
-from pgolf.train import TrainResult, save_raw_model, train
+from pgolf.train import Trainer, TrainResult, save_raw_model, train
 
 ARTIFACT_NAME = "final_model.int8.ptz"
 CODE_NAME = "train_gpt.py"
@@ -140,24 +140,27 @@ def export_label(cfg: RunConfig, compressor: str) -> str:
 def train_and_export(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf train", code: bytes,
                      resume_from: Path | None = None) -> None:
     """`pgolf train`: train (or continue from a checkpoint) and export the artifact, no final evaluation."""
+    trainer = Trainer(cfg, info)  # opens (and checks) the training data before the run folder is written
     run_dir, log = start_run(cfg, info, command, code, resume=resume_from is not None)
-    result = train(cfg, info, log, resume_from=resume_from, calibrate=gptq_calibration(cfg))
+    result = train(cfg, info, log, trainer=trainer, resume_from=resume_from, calibrate=gptq_calibration(cfg))
     if info.is_main:
         export(cfg, result, run_dir, log, code)
 
 
 def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: bytes) -> dict[str, Any]:
     """Train, export, roundtrip and evaluate; write `summary.json` in the run folder and return it."""
-    run_dir, log = start_run(cfg, info, command, code)
     seq_len, stride = cfg.eval_seq_len, cfg.eval_stride
+    # Bad data (a gap in the numbering, an id outside the vocabulary) fails before the run folder is written.
     val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, cfg.model.vocab_size, seq_len,
                         cfg.eval.max_tokens)
+    trainer = Trainer(cfg, info)
+    run_dir, log = start_run(cfg, info, command, code)
 
     def periodic(model: torch.nn.Module, step: int) -> dict[str, float]:
         r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, use_bf16(cfg.eval.dtype, info.device))
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
-    result = train(cfg, info, log, eval_callback=periodic, calibrate=gptq_calibration(cfg))
+    result = train(cfg, info, log, eval_callback=periodic, trainer=trainer, calibrate=gptq_calibration(cfg))
     pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
     log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s")
 

@@ -35,9 +35,10 @@ class ValData:
 
 
 def load_val_data(dataset_dir: str, tokenizer_path: str, vocab_size: int, seq_len: int, max_tokens: int = 0) -> ValData:
-    """Read every validation shard, truncate like the challenge, and build the metric's tables."""
+    """Read every validation shard (ids checked against `vocab_size`), truncate like the challenge, and build
+    the metric's tables."""
     sp = load_tokenizer(tokenizer_path, vocab_size)
-    tokens = torch.from_numpy(load_tokens(list_shards(dataset_dir, "val")).astype(np.int64))
+    tokens = torch.from_numpy(load_tokens(list_shards(dataset_dir, "val"), vocab_size).astype(np.int64))
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
     return ValData(tokens=truncate_for_eval(tokens, seq_len), luts=build_byte_luts(sp, vocab_size), sp=sp)

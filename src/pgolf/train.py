@@ -95,7 +95,8 @@ class Trainer:
         self.micro_tokens = cfg.train.train_batch_tokens // cfg.train.grad_accum_steps
         paths = list_shards(cfg.dataset_dir, "train")
         self.loader = build_loader(paths, data_order=cfg.train.data_order, seed=cfg.train.seed, rank=info.rank,
-                                   world_size=info.world_size, seq_len=cfg.train.train_seq_len)
+                                   world_size=info.world_size, seq_len=cfg.train.train_seq_len,
+                                   vocab_size=cfg.model.vocab_size)
         self.optimizers = build_optimizers(self.model, cfg.optim)
         self.components: list[Component] = build_components(cfg, self.model)
         wrapped: nn.Module = self.model

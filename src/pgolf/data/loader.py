@@ -40,10 +40,13 @@ DATA_ORDERS = ("challenge", "seeded", "shuffled")
 
 
 class TokenStream:
-    """Tokens of the shards in the given order, read sequentially and wrapping forever."""
+    """Tokens of the shards in the given order, read sequentially and wrapping forever; with `vocab_size`,
+    each shard's ids are checked the first time it is opened (a one-line UserError naming the shard)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], vocab_size: int | None = None) -> None:
         self.paths = [Path(p) for p in paths]
+        self.vocab_size = vocab_size
+        self._checked: set[Path] = set()
         if not self.paths:
             raise ValueError("TokenStream needs at least one shard")
         if count_tokens(self.paths) == 0:
@@ -54,7 +57,10 @@ class TokenStream:
     def _open(self, file_index: int, position: int) -> None:
         self.file_index = file_index
         self.position = position
-        self._tokens = open_shard_memmap(self.paths[file_index])
+        path = self.paths[file_index]
+        # One pass over a shard's ids the first time it is opened, not again when the stream wraps.
+        self._tokens = open_shard_memmap(path, None if path in self._checked else self.vocab_size)
+        self._checked.add(path)
 
     def take(self, n: int) -> np.ndarray:
         """The next `n` tokens (uint16, a copy), continuing into the next shard and wrapping as needed."""
@@ -91,17 +97,18 @@ class DistributedTokenLoader:
     """Per-rank (input, target) batches cut from one shared token stream."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], rank: int, world_size: int,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, vocab_size: int | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
+        self.vocab_size = vocab_size
         self._sorted = sorted((Path(p) for p in paths), key=str)
         if not self._sorted:
             raise ValueError("DistributedTokenLoader needs at least one shard")
         order, start = self._initial_order(seed)
-        self.stream = TokenStream([self._sorted[i] for i in order])
+        self.stream = TokenStream([self._sorted[i] for i in order], vocab_size)
         self.stream.load_state_dict({"file_index": 0, "position": start})
         self._tokens_consumed = 0
 
@@ -149,7 +156,7 @@ class DistributedTokenLoader:
                             f"training shards in {self._sorted[0].parent}; resume with the same dataset")
         paths = [by_name[name] for name in state["shards"]]
         if paths != self.stream.paths:
-            self.stream = TokenStream(paths)
+            self.stream = TokenStream(paths, self.vocab_size)
         self.stream.load_state_dict(state)
         self._tokens_consumed = int(state["tokens_consumed"])
 
@@ -158,12 +165,13 @@ class ShuffledSequenceLoader:
     """Per-rank batches of whole sequences (seq_len + 1 tokens each) in a seeded random order per epoch."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], rank: int, world_size: int, seed: int,
-                 seq_len: int) -> None:
+                 seq_len: int, vocab_size: int | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         if seq_len < 1:
             raise ValueError(f"seq_len={seq_len} must be >= 1")
         self.rank, self.world_size, self.seed, self.seq_len = rank, world_size, seed, seq_len
+        self.vocab_size = vocab_size
         self._sorted = sorted((Path(p) for p in paths), key=str)
         if not self._sorted:
             raise ValueError("ShuffledSequenceLoader needs at least one shard")
@@ -196,7 +204,7 @@ class ShuffledSequenceLoader:
         shard = int(np.searchsorted(self._ends, index, side="right"))
         first = int(self._ends[shard - 1]) if shard > 0 else 0
         if shard not in self._memmaps:
-            self._memmaps[shard] = open_shard_memmap(self._sorted[shard])
+            self._memmaps[shard] = open_shard_memmap(self._sorted[shard], self.vocab_size)  # ids checked once, here
         start = self._phases[shard] + (index - first) * self.span
         return self._memmaps[shard][start:start + self.span]
 
@@ -269,11 +277,13 @@ TrainLoader = DistributedTokenLoader | ShuffledSequenceLoader
 
 
 def build_loader(paths: Sequence[str | os.PathLike[str]], *, data_order: str, seed: int, rank: int,
-                 world_size: int, seq_len: int) -> TrainLoader:
-    """The training loader of a `train.data_order`: the challenge's stream, its seeded variant, or shuffled."""
+                 world_size: int, seq_len: int, vocab_size: int | None = None) -> TrainLoader:
+    """The training loader of a `train.data_order`: the challenge's stream, its seeded variant, or shuffled;
+    with `vocab_size`, every shard's ids are checked against it once, when the shard is first opened."""
     if data_order == "shuffled":
-        return ShuffledSequenceLoader(paths, rank=rank, world_size=world_size, seed=seed, seq_len=seq_len)
+        return ShuffledSequenceLoader(paths, rank=rank, world_size=world_size, seed=seed, seq_len=seq_len,
+                                      vocab_size=vocab_size)
     if data_order not in DATA_ORDERS:
         raise ValueError(f"unknown data order {data_order!r}")
     return DistributedTokenLoader(paths, rank=rank, world_size=world_size,
-                                  seed=seed if data_order == "seeded" else None)
+                                  seed=seed if data_order == "seeded" else None, vocab_size=vocab_size)

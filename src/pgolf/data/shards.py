@@ -103,19 +103,23 @@ def open_shard_memmap(path: str | os.PathLike[str], vocab_size: int | None = Non
     return tokens
 
 
+class MissingShardsError(UserError):
+    """No shards of a split where they were looked for (the folder is missing or holds none)."""
+
+
 def list_shards(dataset_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """The shards of `split` in `dataset_dir`, in index order; a clear error when there are none, when
     a name is not the canonical `fineweb_<split>_%06d.bin`, or when the numbering has a gap."""
     _check_split(split)
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
-        raise UserError(f"dataset folder {dataset_dir} not found; {_MISSING_HINT}")
+        raise MissingShardsError(f"dataset folder {dataset_dir} not found; {_MISSING_HINT}")
     # An exact pattern, not the glob `fineweb_val_*.bin`, which would also take sidecars
     # such as `fineweb_val_bytes_000000.bin`.
     pattern = re.compile(rf"fineweb_{split}_(\d+)\.bin")
     found = sorted((int(m.group(1)), p) for p in dataset_dir.iterdir() if (m := pattern.fullmatch(p.name)))
     if not found:
-        raise UserError(f"no fineweb_{split}_*.bin shards in {dataset_dir}; {_MISSING_HINT}")
+        raise MissingShardsError(f"no fineweb_{split}_*.bin shards in {dataset_dir}; {_MISSING_HINT}")
     for index, path in found:
         if path.name != shard_name(split, index):
             raise UserError(f"shard {path} is not named {shard_name(split, index)} (it would be read as shard {index}, "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pgolf.dist import all_reduce_sum_
+from pgolf.errors import UserError
 from pgolf.tokenizer import BOS_ID, ByteLuts
 
 LN2 = math.log(2.0)
@@ -226,9 +227,23 @@ class TokenLedger:
         if missing or repeated:
             raise LedgerError(f"{missing} predictions were never scored and {repeated} were scored more than once "
                               f"(of {counts.size}); every prediction must be scored exactly once")
+        self._check_finite(totals)
         report = LedgerReport(num_positions=int(counts.size), num_scored=int((counts == 1).sum()),
                               num_adapted=int((released > 0).sum()), num_releases=self.num_releases)
         return totals, report
+
+    def _check_finite(self, totals: BpbTotals) -> None:
+        """A UserError naming the first non-finite prediction (of this rank) when the summed loss is not finite:
+        a NaN or infinite val_bpb is never a result. Every rank sees the same reduced sum, so all raise alike."""
+        total = float(totals.nll_sum)
+        if math.isfinite(total):
+            return
+        mine = torch.from_numpy(self._mine).to(self.device)  # (N,)
+        bad = torch.nonzero(mine & ~torch.isfinite(self._nll[:-1])).flatten()  # (K,)
+        where = f" (first at validation token {int(bad[0])} of {self.num_tokens:,})" if bad.numel() else ""
+        raise UserError(f"evaluation produced a non-finite loss: the summed nll is {total}{where}; the model's "
+                        f"logits overflow or are NaN, so no val_bpb is reported: check the weights (re-export the "
+                        f"artifact) or evaluate in float32 (--eval.dtype float32)")
 
 
 class AdaptationView:

@@ -135,7 +135,8 @@ def calibration_for(model: nn.Module, cfg: RunConfig, names: list[str]) -> Calib
         gen = {"num_seqs": q.gptq_batches, "seq_len": seq_len, "vocab_size": cfg.model.vocab_size,
                "temperature": q.gptq_temperature, "seed": cfg.train.seed}
         return calibrate(model, None, device, names=names, self_generate=gen)
-    loader = DistributedTokenLoader(list_shards(cfg.dataset_dir, "train"), rank=0, world_size=1)
+    loader = DistributedTokenLoader(list_shards(cfg.dataset_dir, "train"), rank=0, world_size=1,
+                                    vocab_size=cfg.model.vocab_size)
     sizes = [min(CALIBRATION_BATCH_SEQS, q.gptq_batches - i) for i in range(0, q.gptq_batches, CALIBRATION_BATCH_SEQS)]
     batches = [b for n in sizes for b in training_batches(loader, 1, n * seq_len, seq_len)]
     return calibrate(model, batches, device, names=names)
