@@ -100,8 +100,8 @@ def cpu_record_414() -> RunConfig:
                    value_embed_dim=32),
         optim=dict(_SP1024_OPTIM, muon_momentum_warmup_steps=_steps(1500, "414", steps)),
         # record: 786,432 tokens/step (1.5x the baseline's); kept at 16,384 here, as 24,576 would leave
-        # ~140 steps. Warm-down 3500 of 7,101 steps.
-        train=dict(warmdown_frac=_share(3500, "414"), ema_decay=_decay(0.997, "414", steps)),
+        # ~140 steps. Warm-down 3500 of 7,101 steps; late QAT below LR scale 0.15.
+        train=dict(warmdown_frac=_share(3500, "414"), ema_decay=_decay(0.997, "414", steps), qat_threshold=0.15),
         quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, control_dtype="float16",
                    compressor="zstd", level=22),
         eval=dict(stride=64),

@@ -56,8 +56,9 @@ def record_414() -> RunConfig:
         model=dict(_SP1024_MODEL, num_layers=11, mlp_mult=3.0, value_embed_layers=(9, 10), value_embed_dim=128),
         optim=_SP1024_OPTIM,
         # 786,432 tokens = 8 ranks x 48 sequences of 2048; the record's tight SWA is collected but never
-        # exported (the EMA weights are), so it stays off here
-        train=dict(train_batch_tokens=786_432, train_seq_len=2048, warmdown_iters=3500, ema_decay=0.997),
+        # exported (the EMA weights are), so it stays off here; late QAT once the LR scale is below 0.15
+        train=dict(train_batch_tokens=786_432, train_seq_len=2048, warmdown_iters=3500, ema_decay=0.997,
+                   qat_threshold=0.15),
         # tensors of at most 65,536 values, control tensors included, are stored as fp16
         quant=dict(scheme="intx", matrix_bits=6, matrix_clip="gptq_lite", embed_bits=8, control_dtype="float16",
                    compressor="zstd", level=22),

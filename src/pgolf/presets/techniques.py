@@ -84,8 +84,10 @@ EMA = _sw("EMA of the weights every step, exported", ("train.ema_decay",), lambd
 TIGHT_SWA = _sw("tight SWA every 50 steps below LR scale 0.2", ("train.swa_every",), lambda c, b: c.train.swa_every > 0,
                 "off in the presets: the record collects it but exports the EMA weights, so it never reaches "
                 "the artifact")
-LATE_QAT = Technique("late QAT: int6 STE fake-quantisation once the LR scale falls below 0.15", kind="not built",
-                     note="no QAT training component yet (would be train.* in pgolf.components)")
+LATE_QAT = _sw("late QAT: int6 STE fake-quantisation once the LR scale falls below 0.15", ("train.qat_threshold",),
+               lambda c, b: c.train.qat_threshold > 0,
+               "the fake quantiser is the export's own per-tensor plan (bits and clip), switched as an instance "
+               "attribute so torch.compile cannot fold it away")
 MUON_099 = _sw("Muon momentum 0.99 (warmed from 0.92) and gradient clip 0.3",
                ("optim.muon_momentum", "optim.muon_momentum_warmup_steps", "optim.grad_clip_norm"),
                lambda c, b: c.optim.muon_momentum >= 0.99 and c.optim.grad_clip_norm > 0)
