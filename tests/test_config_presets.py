@@ -83,3 +83,33 @@ def test_experiment_hash_ignores_seed_and_run_identity_only() -> None:
     assert config_hash(a, ignore_seed=True) == config_hash(b, ignore_seed=True)
     b.model.num_layers += 1
     assert config_hash(a, ignore_seed=True) != config_hash(b, ignore_seed=True)
+
+
+def test_presets_verb_lists_every_preset_in_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    from pgolf.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert len({line.index("|") for line in lines}) == 1  # the longest name does not push its row out
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_presets_verb_into_a_closed_pipe_exits_quietly(unbuffered: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # `pgolf presets | head -1` when the reader has already left: no traceback, no "Exception ignored"
+    # at exit, exit 0 (with line-buffered and block-buffered stdout)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pgolf", "presets"], stdout=write, stderr=subprocess.PIPE,
+                              env=env, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()

@@ -5,8 +5,14 @@
     pgolf train    --resume RUN_DIR                      continue a run from its checkpoint, then export
     pgolf eval ARTIFACT [--data.* --eval.* --ttt.*]      score an artifact (roundtrip), write compliance.json
     pgolf run      --preset P [overrides]                every stage, then a summary
+    pgolf quantize RUN_DIR [--quant.*]                   re-export a run's weights with other quant settings, score
     pgolf bundle   --preset P [-o train_gpt.py]          the single-file script whose size is the counted code
     pgolf inspect  --preset P [overrides]                parameters, estimated bytes, step time, techniques
+    pgolf seeds    --preset P --seeds 1337,42,2025       one run per seed, then mean, std and the table
+    pgolf compare  A B                                   is B better than A? one-sided Welch t-test over seeds
+    pgolf export-record RUN_DIR... --out FOLDER ...      a record folder in the challenge's layout
+    pgolf verify   FOLDER                                check a record folder as a reviewer would
+    pgolf report   RUN_DIR... [--out FOLDER]             plots and report.md
     pgolf data fineweb --variant sp1024 --train-shards N  download the challenge's data
     pgolf presets                                        list presets
 
@@ -465,10 +471,12 @@ def cmd_inspect(args: list[str]) -> int:
 
 def cmd_presets(args: list[str]) -> int:
     """List the presets with their model size and budget."""
+    width = max(map(len, PRESETS))
     for name, fn in PRESETS.items():
         c = fn()
-        print(f"{name:16s} {c.model.num_layers}x{c.model.model_dim} vocab {c.model.vocab_size} | "
-              f"{c.budget.artifact_max_bytes:,} bytes | {c.train.max_wallclock_seconds:.0f} s | data {c.data.source}")
+        shape = f"{c.model.num_layers}x{c.model.model_dim} vocab {c.model.vocab_size}"
+        print(f"{name:{width}s}  {shape:18s} | {c.budget.artifact_max_bytes:>10,} bytes | "
+              f"{c.train.max_wallclock_seconds:3.0f} s | data {c.data.source}")
     return 0
 
 
@@ -613,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return COMMANDS[verb](rest)
+        code = COMMANDS[verb](rest)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except (UserError, ConfigError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
@@ -621,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgolf: interrupted during `pgolf {verb}`; files already written are whole (nothing half-written "
               f"is left under a real name)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pgolf presets | head -1`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
