@@ -91,18 +91,9 @@ def cpu_baseline() -> RunConfig:
 
 def cpu_demo() -> RunConfig:
     """A small model trained for 3 minutes: every stage of the pipeline, end to end, quickly."""
-    return RunConfig(
-        name="cpu-demo",
-        model=ModelConfig(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=2.0),
-        optim=_cpu_optim(),
-        train=TrainConfig(train_batch_tokens=16_384, train_seq_len=256, grad_accum_steps=2, iterations=100_000,
-                          warmdown_iters=60, warmup_steps=2, max_wallclock_seconds=180.0,
-                          val_loss_every=0, train_log_every=25, compile=True),
-        prepare=_cpu_prepare(),
-        quant=QuantConfig(keep_float_max_numel=4_096),
-        eval=EvalConfig(batch_tokens=16_384),
-        budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=180.0),
-    ).validate()
+    return derive(cpu_baseline(), name="cpu-demo", model=dict(num_layers=4),
+                  train=dict(warmdown_iters=60, warmup_steps=2, max_wallclock_seconds=180.0, train_log_every=25),
+                  budget=dict(train_seconds=180.0))
 
 
 def tiny() -> RunConfig:
