@@ -42,3 +42,20 @@ def test_ablation_benchmark_runs_cumulative_groups(tmp_path: Path) -> None:
     assert (base["group"], wide["group"]) == ("base", "wide") and base["seeds"] == wide["seeds"] == [7]
     assert "--model.mlp_mult" not in base["flags"] and wide["flags"][-2:] == ["--model.mlp_mult", "3"]
     assert base["steps"]["mean"] == wide["steps"]["mean"] == 2 and base["val_bpb"]["mean"] > 0
+
+
+def test_calibration_benchmark_prints_json(tmp_path: Path) -> None:
+    out = tmp_path / "cal.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/calibration.py"), "--preset", "test-tiny",
+                           "--batches", "2", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    for key in ("forward_s", "collect_s", "collect_with_qat_s", "collect_tokens_per_s", "qat_slowdown"):
+        assert result[key] > 0, key
+    from pgolf.presets import get_preset
+
+    cfg = get_preset("test-tiny")
+    seq_len = cfg.quant.gptq_seq_len or cfg.train.train_seq_len
+    assert result["tokens"] == 2 * 8 * seq_len and result["collect_tokens_per_s"] == result["tokens"] / result["collect_s"]

@@ -183,8 +183,9 @@ def test_calibration_reserve_and_callable_count_inside_the_budget(shard_dir: Pat
     trainer = Trainer(cfg, CPU)
     assert trainer.schedule(10, 0.45).lr_mul < 1.0  # the warm-down ends at the reserve, not at 30 s
 
-    def calibrate(model: torch.nn.Module, tr: Trainer) -> str:
+    def calibrate(model: torch.nn.Module, tr: Trainer, seconds_left: float | None) -> str:
         assert model is tr.model  # no average on: the live model is the one to export
+        assert seconds_left is not None and 0 < seconds_left <= 29.5  # the reserve, less the last step
         time.sleep(0.2)
         return "hessians"
 

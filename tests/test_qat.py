@@ -93,7 +93,25 @@ def test_training_switches_qat_on_below_the_threshold(tmp_path) -> None:
         return original(x)
 
     linear.forward = spy  # type: ignore[method-assign]
-    train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
+    result = train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
     per_step = [seen[i] for i in range(0, len(seen), cfg.train.grad_accum_steps)]
     assert per_step[0] is False and per_step[-1] is True
     assert per_step == sorted(per_step)  # once on, it stays on
+    # the model handed to calibration, the pre-quantisation score and the exporter is the full-precision one
+    assert result.model is trainer.model and linear.weight_transform is None
+    assert not any(getattr(m, "weight_transform", None) for m in result.model.modules())
+
+
+def test_the_exported_average_has_no_fake_quantisation_either(tmp_path) -> None:
+    from helpers_train import CPU, tiny_cfg, write_random_shards
+    from pgolf.runlog import RunLogger
+    from pgolf.train import Trainer, train
+
+    cfg = tiny_cfg(write_random_shards(tmp_path), iterations=6, warmup=0)
+    cfg.quant = dataclasses.replace(cfg.quant, scheme="intx", matrix_bits=4, keep_float_max_numel=0)
+    cfg.train.qat_threshold, cfg.train.warmdown_iters, cfg.train.ema_decay = 0.5, 6, 0.9
+    cfg.validate()
+    trainer = Trainer(cfg, CPU)
+    result = train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
+    assert result.export_source == "ema" and result.model is not trainer.model
+    assert not any(getattr(m, "weight_transform", None) for m in result.model.modules())

@@ -5,6 +5,7 @@ calibration that reads only training shards (or none, when the model writes its 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pgolf.artifact import read_artifact
 from pgolf.data import loader, shards
 from pgolf.model.roles import param_roles
 from pgolf.quant.export import calibration_for
-from pgolf.quant.gptq import collect_hessians, gptq_codes, output_error_per_row, quantize_rows_gptq
+from pgolf.quant.gptq import _collect, calibrate, collect_hessians, gptq_codes, output_error_per_row, quantize_rows_gptq
 from pgolf.quant.intx import quantize_rtn
 from pgolf.quant.layout import TensorPlan, dequantize, expand_scales
 
@@ -105,6 +106,67 @@ def test_hessians_come_from_the_inputs_of_each_linear_and_the_tied_head() -> Non
     hidden = model.hidden_states(ids).reshape(-1, 32)
     torch.testing.assert_close(hs["tok_emb.weight"], hidden.t() @ hidden / hidden.shape[0], rtol=1e-4, atol=1e-6)
     assert not model.blocks[0].attn.c_q._forward_pre_hooks  # hooks removed
+
+
+def test_linears_reading_one_input_share_its_hessian() -> None:
+    cfg = small_config()
+    model = trained_like(cfg)
+    ids = torch.randint(0, cfg.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    hs = collect_hessians(model, [ids], torch.device("cpu"))
+    for i in range(cfg.model.num_layers):
+        q = hs[f"blocks.{i}.attn.c_q.weight"]
+        assert torch.equal(q, hs[f"blocks.{i}.attn.c_k.weight"]) and torch.equal(q, hs[f"blocks.{i}.attn.c_v.weight"])
+        assert not torch.equal(q, hs[f"blocks.{i}.mlp.fc.weight"])  # a different input, its own product
+
+
+def test_ranks_split_the_batches_and_their_sums_make_the_one_process_hessian() -> None:
+    cfg = small_config()
+    model = trained_like(cfg)
+    batches = [torch.randint(0, cfg.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(i))
+               for i in range(5)]
+    whole, tokens, _ = _collect(model, batches, torch.device("cpu"), None, autocast_bf16=False, seconds=None,
+                                rank=0, world_size=1)
+    assert tokens == 5 * 32
+    # no process group here: each "rank" keeps its own share (0, 2, 4 and 1, 3); weighting by tokens merges them
+    h0, n0, _ = _collect(model, batches, torch.device("cpu"), None, autocast_bf16=False, seconds=None, rank=0,
+                         world_size=2)
+    h1, n1, _ = _collect(model, batches, torch.device("cpu"), None, autocast_bf16=False, seconds=None, rank=1,
+                         world_size=2)
+    assert (n0, n1) == (3 * 32, 2 * 32)
+    for name, h in whole.items():
+        torch.testing.assert_close((h0[name] * n0 + h1[name] * n1) / (n0 + n1), h, rtol=1e-5, atol=1e-7)
+
+
+def test_a_time_bound_keeps_at_least_one_batch_and_says_it_cut() -> None:
+    cfg = small_config()
+    model = trained_like(cfg)
+    batches = [torch.randint(0, cfg.model.vocab_size, (1, 16), generator=torch.Generator().manual_seed(i))
+               for i in range(4)]
+    drawn: list[int] = []
+
+    def lazily() -> Iterator[torch.Tensor]:
+        for i, b in enumerate(batches):
+            drawn.append(i)
+            yield b
+
+    one = calibrate(model, lazily(), torch.device("cpu"), names=list(param_roles(model)), seconds=0.0)
+    assert one.cut_short and one.num_tokens == 16 and drawn == [0, 1]  # the second batch is drawn, not used
+    first = collect_hessians(model, batches[:1], torch.device("cpu"))
+    assert all(torch.equal(one.hessians[n], first[n]) for n in first)
+    every = calibrate(model, iter(batches), torch.device("cpu"), names=list(param_roles(model)), seconds=3600.0)
+    assert not every.cut_short and every.num_tokens == 4 * 16
+
+
+def test_bf16_calibration_forwards_stay_close_to_fp32() -> None:
+    cfg = small_config()
+    model = trained_like(cfg)
+    ids = torch.randint(0, cfg.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    exact = collect_hessians(model, [ids], torch.device("cpu"))
+    half = collect_hessians(model, [ids], torch.device("cpu"), autocast_bf16=True)
+    assert set(half) == set(exact)
+    for name, h in exact.items():
+        assert half[name].dtype == torch.float32
+        assert float((half[name] - h).norm() / h.norm()) < 0.05, name
 
 
 def test_untied_models_have_no_embedding_hessian_but_a_head_one() -> None:

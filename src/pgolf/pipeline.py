@@ -86,11 +86,11 @@ def gptq_calibration(cfg: RunConfig) -> Callable[[torch.nn.Module, Any], Any] | 
     if not cfg.quant.gptq:
         return None
 
-    def calibrate(model: torch.nn.Module, trainer: Any) -> Any:
+    def calibrate(model: torch.nn.Module, trainer: Any, seconds_left: float | None) -> Any:
         from pgolf.model.roles import param_roles
         from pgolf.quant.export import calibration_for
 
-        return calibration_for(model, cfg, list(param_roles(model)))
+        return calibration_for(model, cfg, list(param_roles(model)), seconds=seconds_left)
 
     return calibrate
 
@@ -103,6 +103,7 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, c
     trainer's `sensitivity.json` beside the raw weights, when present, guides quant.allocate_bits."""
     from pgolf.quant.export import SENSITIVITY_FILE, export_model, load_sensitivity
 
+    t0 = time.perf_counter()
     save_raw_model(result.model, run_dir / "final_model.safetensors")
     if result.sensitivity is not None:
         write_json_atomic(run_dir / SENSITIVITY_FILE, result.sensitivity)
@@ -112,10 +113,12 @@ def export(cfg: RunConfig, result: TrainResult, run_dir: Path, log: RunLogger, c
     art = res.info
     if res.calibration is not None:
         inside = "inside the training clock" if result.calibration is not None else "outside the training clock"
-        log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens in "
+        cut = " (cut short by the training budget)" if res.calibration.cut_short else ""
+        log.line(f"gptq calibration: {res.calibration.num_tokens:,} {res.calibration.source} tokens{cut} in "
                  f"{res.calibration.seconds:.1f} s ({inside})")
     log.line(f"artifact {art.path}: {art.total_bytes:,} bytes = code {art.code_bytes:,} + model {art.model_bytes:,} "
-             f"({res.fit.compressor}; slack {res.slack_bytes:+,} bytes under budget - margin)")
+             f"({res.fit.compressor}; slack {res.slack_bytes:+,} bytes under budget - margin; "
+             f"export {time.perf_counter() - t0:.1f} s)")
     label = export_label(cfg, res.fit.compressor)
     for text in (f"Serialized model {label}: {art.model_bytes} bytes", f"Code size: {art.code_bytes} bytes",
                  f"Total submission size {label}: {art.total_bytes} bytes"):

@@ -40,6 +40,7 @@ from pgolf.dist import DistInfo, use_bf16
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT, count_parameters
+from pgolf.model.layers import clear_weight_transforms
 from pgolf.optim.groups import build_optimizers, decay_weights_, describe_groups
 from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
@@ -190,12 +191,14 @@ class Trainer:
         return "live", None
 
     def export_model(self) -> tuple[str, GPT]:
-        """(source, model) to export: a copy of the model holding the averaged weights, or the live model."""
+        """(source, model) to export: a copy of the model holding the averaged weights, or the live model;
+        either way without late QAT's fake quantisation, so that calibration and the pre-quantisation
+        score see the full-precision weights that the exporter quantises."""
         source, state = self.export_weights()
-        if state is None:
-            return source, self.model
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(state)
+        model = self.model if state is None else copy.deepcopy(self.model)
+        if state is not None:
+            model.load_state_dict(state)
+        clear_weight_transforms(model)
         return source, model
 
 
@@ -239,10 +242,11 @@ def budget_seconds(cfg: RunConfig) -> float:
     return tc.max_wallclock_seconds - tc.calibration_reserve_seconds if tc.max_wallclock_seconds > 0 else 0.0
 
 
-CalibrationFn = Callable[[GPT, Trainer], Any]
+CalibrationFn = Callable[[GPT, Trainer, "float | None"], Any]
 """Run after the training loop inside the budget (e.g. GPTQ statistics on training batches): receives
-the model to export and the Trainer (its loader continues the training stream); its result is returned
-as `TrainResult.calibration` and its seconds are added to the training seconds."""
+the model to export, the Trainer (its loader continues the training stream) and the seconds left of
+the wall-clock budget (None: no budget), which it should stay within; its result is returned as
+`TrainResult.calibration` and its seconds are added to the training seconds."""
 
 
 def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCallback | None = None,
@@ -298,7 +302,8 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     source, export_model = trainer.export_model()
     if source != "live":
         log.line(f"exporting the {source} weights (the live weights stay in result.live_model)")
-    calibration, calibration_s = _run_calibration(calibrate, export_model, trainer, train_s, log)
+    calibration, calibration_s = _run_calibration(calibrate, export_model, trainer, train_s, tc.max_wallclock_seconds,
+                                                  log)
     tokens = step * tc.train_batch_tokens
     result = TrainResult(
         model=export_model, live_model=trainer.model, export_source=source, steps=step,
@@ -379,16 +384,18 @@ def all_finite(model: nn.Module) -> bool:
 
 
 def _run_calibration(calibrate: CalibrationFn | None, model: GPT, trainer: Trainer, train_s: float,
-                     log: RunLogger) -> tuple[Any, float]:
-    """Run the caller's calibration after the loop; its seconds count as training time."""
+                     budget_s: float, log: RunLogger) -> tuple[Any, float]:
+    """Run the caller's calibration after the loop, given what is left of the budget; its seconds count as
+    training time."""
     if calibrate is None:
         return None, 0.0
     t0 = time.perf_counter()
-    value = calibrate(model, trainer)
+    value = calibrate(model, trainer, max(budget_s - train_s, 0.0) if budget_s > 0 else None)
     _sync(trainer.info.device)
     seconds = time.perf_counter() - t0
-    log.line(f"calibration {seconds:.1f} s (inside the training budget: {train_s:.1f} + {seconds:.1f} = "
-             f"{train_s + seconds:.1f} s)")
+    total = train_s + seconds
+    where = "OVER the training budget" if 0 < budget_s < total else "inside the training budget"
+    log.line(f"calibration {seconds:.1f} s ({where}: {train_s:.1f} + {seconds:.1f} = {total:.1f} s)")
     log.metrics("calibration", seconds=seconds, train_seconds=train_s + seconds)
     return value, seconds
 

@@ -41,6 +41,14 @@ class CastedLinear(nn.Linear):
         return F.linear(x, w.to(x.dtype))
 
 
+def clear_weight_transforms(model: nn.Module) -> int:
+    """Switch every CastedLinear's `weight_transform` off (the end of late QAT); returns how many were on."""
+    on = [m for m in model.modules() if isinstance(m, CastedLinear) and m.weight_transform is not None]
+    for module in on:
+        module.weight_transform = None
+    return len(on)
+
+
 def role_embedding(num_embeddings: int, embedding_dim: int, role: str) -> nn.Embedding:
     """An nn.Embedding tagged with its role: "embedding" for the token table, "table" for side tables."""
     emb = nn.Embedding(num_embeddings, embedding_dim)

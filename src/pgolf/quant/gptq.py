@@ -17,8 +17,9 @@ the seconds it takes are returned so the trainer can charge them to its clock.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -135,47 +136,127 @@ class HessianAccumulator:
         self.count = 0
 
     def add(self, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()  # (N, C)
-        xtx = x.t() @ x  # (C, C)
+        self.add_product(*input_product(x))
+
+    def add_product(self, xtx: Tensor, count: int) -> None:
         self.sum = xtx if self.sum is None else self.sum + xtx
-        self.count += x.shape[0]
+        self.count += count
 
     def mean(self) -> Tensor:
         assert self.sum is not None and self.count > 0
         return self.sum / self.count
 
 
+def input_product(x: Tensor) -> tuple[Tensor, int]:
+    """(xᵀx in fp32 over all leading dims, number of rows), never under autocast's reduced precision."""
+    flat = x.detach().reshape(-1, x.shape[-1]).float()  # (N, C)
+    with torch.autocast(flat.device.type, enabled=False):
+        return flat.t() @ flat, flat.shape[0]
+
+
+class _SharedInputs:
+    """xᵀx of the last input seen, so that linears reading one tensor (q, k and v) share one product."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Tensor, Tensor, int] | None = None
+
+    def hook(self, acc: HessianAccumulator) -> Callable[..., None]:
+        def add(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            if self.last is None or self.last[0] is not x:
+                self.last = (x, *input_product(x))
+            acc.add_product(self.last[1], self.last[2])
+        return add
+
+
+@contextlib.contextmanager
+def _fast_fp32_matmuls(device: torch.device) -> Iterator[None]:
+    """TF32 tensor cores for the fp32 xᵀx products on CUDA (fp32 accumulation); CPUs are left alone."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.device,
-                     names: Iterable[str] | None = None) -> dict[str, Tensor]:
+                     names: Iterable[str] | None = None, *, autocast_bf16: bool = False,
+                     seconds: float | None = None, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
     """Weight name -> H = mean over calibration tokens of x xᵀ (fp32, (in, in)) for every quantised linear
     (all linears when `names` is None) and, when embeddings are tied, for `tok_emb.weight` from the
-    final-normed hidden state that the tied head reads. `batches` are token ids (B, T)."""
+    final-normed hidden state that the tied head reads. `batches` are token ids (B, T).
+
+    Forward passes run under bf16 autocast when `autocast_bf16` (the products stay fp32). With
+    `world_size` > 1 this rank forwards batches rank, rank + world_size, ... and the sums are all-reduced,
+    so every rank ends with the same Hessians. `seconds` bounds the time spent: once the next batch
+    would not fit, the remaining batches are left out (at least one is always used)."""
+    return _collect(model, batches, device, names, autocast_bf16=autocast_bf16, seconds=seconds, rank=rank,
+                    world_size=world_size)[0]
+
+
+def _collect(model: nn.Module, batches: Iterable[Tensor], device: torch.device, names: Iterable[str] | None, *,
+             autocast_bf16: bool, seconds: float | None, rank: int, world_size: int
+             ) -> tuple[dict[str, Tensor], int, bool]:
+    """`collect_hessians` plus the calibration tokens used (all ranks) and whether `seconds` cut it short."""
+    from pgolf import dist
+
     names = [n for n, _ in model.named_parameters()] if names is None else list(names)
     linears = quantised_linears(model, names)
     acc = {name: HessianAccumulator() for name in linears}
-    handles = [mod.register_forward_pre_hook(lambda m, args, a=acc[name]: a.add(args[0]))
-               for name, mod in linears.items()]
+    shared = _SharedInputs()
+    handles = [mod.register_forward_pre_hook(shared.hook(acc[name])) for name, mod in linears.items()]
     head_module = getattr(model, "lm_head", None)
     tied = head_module is None and "tok_emb.weight" in names
     head = HessianAccumulator()
     was_training = model.training
     model.eval()
+    t0, done, cut = time.perf_counter(), 0, False
     try:
-        for ids in batches:
-            hidden = model.hidden_states(ids.to(device))  # (B, T, C)
-            if tied:
-                head.add(hidden)
-            elif head_module is not None:
-                model.logits_from_hidden(hidden)  # an untied head is a linear: its hook sees the hidden state
+        with _fast_fp32_matmuls(device), torch.autocast(device.type, torch.bfloat16, enabled=autocast_bf16):
+            for i, ids in enumerate(batches):
+                if i % world_size != rank:
+                    continue
+                if done and seconds is not None:
+                    elapsed = time.perf_counter() - t0
+                    if elapsed + elapsed / done > seconds:
+                        cut = True
+                        break
+                hidden = model.hidden_states(ids.to(device))  # (B, T, C)
+                if tied:
+                    head.add(hidden)
+                elif head_module is not None:
+                    model.logits_from_hidden(hidden)  # an untied head is a linear: its hook sees the hidden state
+                shared.last = None
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                done += 1
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    out = {name: a.mean() for name, a in acc.items() if a.count}
-    if tied and head.count:
-        out["tok_emb.weight"] = head.mean()
-    return out
+    if tied:
+        acc["tok_emb.weight"] = head
+    if world_size > 1:
+        _all_reduce_accumulators(model, acc, linears, device, dist.all_reduce_sum_)
+    tokens = max((a.count for a in acc.values()), default=0)
+    return {name: a.mean() for name, a in acc.items() if a.count}, tokens, cut
+
+
+def _all_reduce_accumulators(model: nn.Module, acc: dict[str, HessianAccumulator], linears: dict[str, nn.Linear],
+                             device: torch.device, reduce: Callable[[Tensor], Tensor]) -> None:
+    """Sum every accumulator over ranks (a rank that saw no batch contributes zeros)."""
+    for name, a in sorted(acc.items()):
+        width = linears[name].in_features if name in linears else int(model.tok_emb.weight.shape[1])
+        total = a.sum if a.sum is not None else torch.zeros(width, width, device=device)
+        count = torch.tensor([float(a.count)], device=device)
+        reduce(total)
+        reduce(count)
+        a.sum, a.count = total, int(count.item())
 
 
 # ---------------------------------------------------------------- calibration
@@ -186,8 +267,9 @@ class Calibration:
 
     hessians: dict[str, Tensor]
     seconds: float
-    num_tokens: int
+    num_tokens: int  # tokens the Hessians were averaged over, all ranks together
     source: str
+    cut_short: bool = False  # the time bound left some of the planned batches out
 
 
 class TrainingBatches(Protocol):
@@ -196,9 +278,10 @@ class TrainingBatches(Protocol):
     def next_batch(self, micro_batch_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]: ...
 
 
-def training_batches(loader: TrainingBatches, num_batches: int, batch_tokens: int, seq_len: int) -> list[Tensor]:
-    """`num_batches` input batches (B, T) drawn from a loader over TRAINING shards (never validation)."""
-    return [loader.next_batch(batch_tokens, seq_len)[0] for _ in range(num_batches)]
+def training_batches(loader: TrainingBatches, num_batches: int, batch_tokens: int, seq_len: int) -> Iterator[Tensor]:
+    """`num_batches` input batches (B, T) drawn lazily from a loader over TRAINING shards (never validation)."""
+    for _ in range(num_batches):
+        yield loader.next_batch(batch_tokens, seq_len)[0]
 
 
 @torch.no_grad()
@@ -221,9 +304,11 @@ def self_generated_batches(model: nn.Module, *, num_seqs: int, seq_len: int, voc
 
 
 def calibrate(model: nn.Module, batches: Iterable[Tensor] | None, device: torch.device, *, names: Iterable[str],
-              self_generate: dict[str, object] | None = None) -> Calibration:
+              self_generate: dict[str, object] | None = None, autocast_bf16: bool = False,
+              seconds: float | None = None, rank: int = 0, world_size: int = 1) -> Calibration:
     """Hessians of the quantised linears from training `batches`, or (when `self_generate` holds the
-    keyword arguments of `self_generated_batches`) from text the model samples; timed."""
+    keyword arguments of `self_generated_batches`) from text the model samples; timed. The keywords
+    after `self_generate` are `collect_hessians`'s (bf16 forwards, a time bound, the split over ranks)."""
     t0 = time.perf_counter()
     if self_generate is not None:
         batches = self_generated_batches(model, device=device, **self_generate)  # type: ignore[arg-type]
@@ -231,9 +316,10 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor] | None, device: torch.
     else:
         assert batches is not None, "calibration needs training batches or self_generate"
         source = "train"
-    batches = list(batches)
-    hessians = collect_hessians(model, batches, device, names)
+    left = None if seconds is None else seconds - (time.perf_counter() - t0)
+    hessians, tokens, cut = _collect(model, batches, device, names, autocast_bf16=autocast_bf16, seconds=left,
+                                     rank=rank, world_size=world_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return Calibration(hessians=hessians, seconds=time.perf_counter() - t0,
-                       num_tokens=sum(int(b.numel()) for b in batches), source=source)
+    return Calibration(hessians=hessians, seconds=time.perf_counter() - t0, num_tokens=tokens, source=source,
+                       cut_short=cut)
