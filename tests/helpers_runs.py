@@ -26,7 +26,7 @@ def tiny_config(seed: int, **train: Any) -> RunConfig:
 
 def code_line(cfg: RunConfig) -> str:
     """The line the runs will start with: the sha256 and size of the config's bundle."""
-    code = build_bundle(cfg).encode("utf-8")
+    code = build_bundle(cfg)
     return f"code_sha256 {hashlib.sha256(code).hexdigest()} bytes {len(code)}"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,20 @@ def test_stripping_keeps_behaviour_and_drops_docs() -> None:
     namespace: dict = {}
     exec(compile(text, "bpb", "exec"), namespace)  # the stripped module still defines its functions
     assert namespace["bits_per_byte"](2.0 * 0.6931471805599453, 2.0) == pytest.approx(1.0)
+
+
+def test_the_payload_literal_holds_every_byte_at_about_one_byte_each(tmp_path: Path) -> None:
+    from pgolf.bundle import latin1_literal
+
+    data = bytes(range(256)) * 4 + bytes(random.Random(0).getrandbits(8) for _ in range(20_000))
+    literal = latin1_literal(data)
+    assert len(literal) < 1.04 * len(data)  # base85 would be 1.25x
+    script = tmp_path / "payload.py"
+    script.write_bytes(b"# -*- coding: latin-1 -*-\nimport sys\nsys.stdout.buffer.write(" +
+                      literal.encode("latin-1") + b".encode('latin-1'))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == data
 
 
 def test_bundle_is_deterministic_and_follows_the_config() -> None:

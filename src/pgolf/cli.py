@@ -178,7 +178,7 @@ def cmd_train(args: list[str]) -> int:
     try:
         ensure_data(cfg, info, prepare)
         command = "pgolf train " + shlex.join((["--resume", resume_dir] if resume_dir else []) + args)
-        train_and_export(cfg, info, command=command, code=build_bundle(cfg).encode(), resume_from=checkpoint)
+        train_and_export(cfg, info, command=command, code=build_bundle(cfg), resume_from=checkpoint)
     finally:
         dist.shutdown()
     return 0
@@ -259,7 +259,7 @@ def cmd_run(args: list[str]) -> int:
         return 0
     from pgolf.bundle import build_bundle
 
-    return execute(cfg, "pgolf run " + shlex.join(args), code=build_bundle(cfg).encode(), prepare=prepare)
+    return execute(cfg, "pgolf run " + shlex.join(args), code=build_bundle(cfg), prepare=prepare)
 
 
 def cmd_quantize(args: list[str]) -> int:
