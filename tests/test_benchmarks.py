@@ -59,3 +59,17 @@ def test_calibration_benchmark_prints_json(tmp_path: Path) -> None:
     cfg = get_preset("test-tiny")
     seq_len = cfg.quant.gptq_seq_len or cfg.train.train_seq_len
     assert result["tokens"] == 2 * 8 * seq_len and result["collect_tokens_per_s"] == result["tokens"] / result["collect_s"]
+
+
+def test_vs_reference_benchmark_trains_both_sides_on_the_same_curve(tmp_path: Path) -> None:
+    out = tmp_path / "vs.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/vs_reference.py"), "--preset", "test-tiny",
+                           "--steps", "2", "--rounds", "2", "--eager", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["same_init"] and len(result["pgolf_losses"]) == len(result["reference_losses"]) == 4
+    # the frozen reference is the baseline model itself: same weights, batches and optimisers, same losses
+    assert result["loss_max_abs_diff"] < 1e-4
+    assert result["speedup"] == result["pgolf_tokens_per_s"] / result["reference_tokens_per_s"] > 0
