@@ -61,7 +61,7 @@ def run_seeds(cfg: RunConfig, seeds: Sequence[int], command: str, *, group: str 
     from pgolf.bundle import build_bundle
     from pgolf.main import execute
 
-    code = build_bundle(cfg).encode()  # one script for every seed (the bundle bakes no seed)
+    code = build_bundle(cfg)  # one script for every seed (the bundle bakes no seed)
     info = dist.init()
     try:
         group = group or dist.broadcast_text(new_group_id(cfg.name) if info.is_main else "", info.device)
