@@ -153,8 +153,12 @@ def test_a_time_bound_keeps_at_least_one_batch_and_says_it_cut() -> None:
     assert one.cut_short and one.num_tokens == 16 and drawn == [0, 1]  # the second batch is drawn, not used
     first = collect_hessians(model, batches[:1], torch.device("cpu"))
     assert all(torch.equal(one.hessians[n], first[n]) for n in first)
+    grad_modes: list[bool] = []
+    forward = model.hidden_states
+    model.hidden_states = lambda ids: (grad_modes.append(torch.is_grad_enabled()), forward(ids))[1]  # type: ignore[method-assign]
     every = calibrate(model, iter(batches), torch.device("cpu"), names=list(param_roles(model)), seconds=3600.0)
     assert not every.cut_short and every.num_tokens == 4 * 16
+    assert grad_modes == [False] * 4  # calibration forwards build no autograd graph
 
 
 def test_bf16_calibration_forwards_stay_close_to_fp32() -> None:

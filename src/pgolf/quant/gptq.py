@@ -183,7 +183,6 @@ def _fast_fp32_matmuls(device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-@torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.device,
                      names: Iterable[str] | None = None, *, autocast_bf16: bool = False,
                      seconds: float | None = None, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
@@ -199,6 +198,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], device: torch.
                     world_size=world_size)[0]
 
 
+@torch.no_grad()
 def _collect(model: nn.Module, batches: Iterable[Tensor], device: torch.device, names: Iterable[str] | None, *,
              autocast_bf16: bool, seconds: float | None, rank: int, world_size: int
              ) -> tuple[dict[str, Tensor], int, bool]:
