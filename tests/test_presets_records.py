@@ -145,6 +145,15 @@ def test_record_609_is_record_414_plus_its_switches() -> None:
                        ("quant", "gptq_batches"), ("quant", "prune"), ("quant", "compressor"), ("quant", "level")}
 
 
+def test_cpu_record_tuned_is_cpu_baseline_plus_its_changes() -> None:
+    a, b = config_to_dict(cpu_baseline()), config_to_dict(get_preset("cpu-record-tuned"))
+    changed = {(s, k) for s in SECTIONS for k in a[s] if a[s][k] != b[s][k]}
+    assert changed == {("model", "mlp_activation"), ("train", "train_batch_tokens"), ("train", "grad_accum_steps"),
+                       ("train", "warmdown_frac"), ("eval", "ttt")}
+    assert b["eval"]["ttt"] == "lora" and b["train"]["train_batch_tokens"] < a["train"]["train_batch_tokens"]
+    assert techniques_for("cpu-record-tuned") == ()  # not a record: no technique table to claim
+
+
 def test_cpu_presets_derive_from_cpu_baseline() -> None:
     base = config_to_dict(cpu_baseline())
     for name in CPU_RECORD_PRESETS:

@@ -4,7 +4,8 @@
   `derive` (a preset as the fields it changes on top of another);
 - `pgolf.presets.records`: the seed records in the challenge budget (`record-332`, `record-414`,
   `record-609`, `record-1992-legal`);
-- `pgolf.presets.cpu_records`: the same switches on the CPU track (`cpu-record-*`);
+- `pgolf.presets.cpu_records`: the same switches on the CPU track (`cpu-record-*`), and `cpu-record-tuned`,
+  what measured best on the CPU track itself;
 - `pgolf.presets.techniques`: each record's techniques and whether pgolf builds them (data).
 """
 
@@ -16,7 +17,8 @@ from pgolf.config import RunConfig
 from pgolf.errors import UserError
 from pgolf.presets.base import (CPU_ARTIFACT_MAX_BYTES, CPU_TRAIN_SECONDS, baseline_8xh100, cpu_baseline, cpu_demo,
                                 derive, tiny)
-from pgolf.presets.cpu_records import cpu_record_332, cpu_record_414, cpu_record_609, cpu_record_1992_legal
+from pgolf.presets.cpu_records import (cpu_record_332, cpu_record_414, cpu_record_609, cpu_record_1992_legal,
+                                      cpu_record_tuned)
 from pgolf.presets.records import record_332, record_414, record_609, record_1992_legal
 
 __all__ = ["CPU_ARTIFACT_MAX_BYTES", "CPU_TRAIN_SECONDS", "PRESETS", "baseline_8xh100", "cpu_baseline", "cpu_demo",
@@ -35,6 +37,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "cpu-record-414": cpu_record_414,
     "cpu-record-609": cpu_record_609,
     "cpu-record-1992-legal": cpu_record_1992_legal,
+    "cpu-record-tuned": cpu_record_tuned,
 }
 
 
