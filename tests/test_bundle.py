@@ -107,6 +107,23 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     assert imported["modules"] == bundle_modules(cfg)  # nothing shipped that the run did not import
     assert imported["origins"] == ["train_gpt.py"]  # and every module came from the bundle
 
+    # a flag that switches on a module the script was built without: one line and exit 2, not a traceback
+    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--eval.ttt", "lora"])],
+                          cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "built without pgolf.eval.lora" in proc.stderr
+
+
+def test_a_run_that_needs_a_missing_feature_module_is_refused_up_front() -> None:
+    from pgolf.errors import UserError
+    from pgolf.main import check_features
+
+    cfg = apply_overrides(get_preset("test-tiny"), ["--eval.ttt", "lora", "--train.qat_threshold", "0.1"])
+    with pytest.raises(UserError, match="built without pgolf.eval.lora, pgolf.quant.qat"):
+        check_features(cfg, find=lambda name: None)
+    check_features(cfg)  # the installed package has every module
+    check_features(get_preset("test-tiny"), find=lambda name: None)  # and test-tiny needs none of them
+
 
 @pytest.mark.parametrize("flags,module", [
     (["--quant.scheme", "intx", "--quant.gptq", "true"], "pgolf.quant.gptq"),
@@ -116,7 +133,7 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     (["--eval.ttt", "lora"], "pgolf.eval.lora"),
 ])
 def test_feature_modules_ship_exactly_when_switched_on(flags: list[str], module: str) -> None:
-    from pgolf.bundle import FEATURE_MODULES
+    from pgolf.main import FEATURE_MODULES
 
     cfg = get_preset("test-tiny")
     assert module in FEATURE_MODULES

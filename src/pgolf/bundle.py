@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import json
 import lzma
-from collections.abc import Callable
 from pathlib import Path
 
 import brotli
@@ -26,16 +25,9 @@ import brotli
 import pgolf
 from pgolf.config import RUN_IDENTITY_FIELDS, RunConfig, TrainConfig, config_to_dict
 from pgolf.fileio import write_bytes_atomic
+from pgolf.main import FEATURE_MODULES
 
 ENTRY = "pgolf.main"
-# Modules imported lazily (inside functions) that only some configs use: module -> when it is needed.
-FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
-    "pgolf.eval.ttt": lambda cfg: cfg.eval.ttt == "chunked",
-    "pgolf.eval.lora": lambda cfg: cfg.eval.ttt == "lora",
-    "pgolf.quant.qat": lambda cfg: cfg.train.qat_threshold > 0,
-    "pgolf.quant.gptq": lambda cfg: cfg.quant.gptq,
-    "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,
-}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 

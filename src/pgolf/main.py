@@ -9,6 +9,7 @@ them) and `--section.field VALUE` flags, so it is a drop-in replacement for the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -41,6 +42,26 @@ ENV_FLAGS: dict[str, str] = {
     "MUON_MOMENTUM_WARMUP_STEPS": "optim.muon_momentum_warmup_steps", "BETA1": "optim.beta1", "BETA2": "optim.beta2",
     "ADAM_EPS": "optim.adam_eps", "GRAD_CLIP_NORM": "optim.grad_clip_norm",
 }
+
+
+# Modules imported lazily (inside functions) that only some configs use: module -> when a run needs it. A
+# bundle ships the ones its baked config needs (`pgolf.bundle`); a flag that needs another is refused up front.
+FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
+    "pgolf.eval.ttt": lambda cfg: cfg.eval.ttt == "chunked",
+    "pgolf.eval.lora": lambda cfg: cfg.eval.ttt == "lora",
+    "pgolf.quant.qat": lambda cfg: cfg.train.qat_threshold > 0,
+    "pgolf.quant.gptq": lambda cfg: cfg.quant.gptq,
+    "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,
+}
+
+
+def check_features(cfg: RunConfig, find: Callable[[str], object] = importlib.util.find_spec) -> None:
+    """A one-line UserError when `cfg` needs a feature module this process cannot import: a shipped script
+    run with a flag that switches on what it was built without (before any data is read or trained)."""
+    missing = [name for name, needed in FEATURE_MODULES.items() if needed(cfg) and find(name) is None]
+    if missing:
+        raise UserError(f"this script was built without {', '.join(missing)}, which the given flags switch on; "
+                        f"build one that has it: pgolf bundle --preset NAME -o train_gpt.py with the same flags")
 
 
 def apply_env(cfg: RunConfig, environ: Mapping[str, str]) -> RunConfig:
@@ -132,6 +153,7 @@ def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None =
             return 0
         cfg = run_config_from_dict(json.loads(baked))
         cfg = apply_overrides(apply_env(cfg, os.environ if environ is None else environ), argv)
+        check_features(cfg)
         if not os.path.isfile(sys.argv[0]):
             raise UserError(f"cannot measure the counted code: {sys.argv[0]!r} is not a file; run the script by its path")
         with open(sys.argv[0], "rb") as f:

@@ -1,6 +1,7 @@
 """The seed records' switches on the CPU track (embedded corpus, 2 cores, 600 s of training, 1,000,000
 bytes, 600 s of evaluation), derived from `cpu_baseline()` as the challenge presets derive from the
-baseline (`pgolf.presets.records`).
+baseline (`pgolf.presets.records`); and `cpu-record-tuned`, the switches that measured better than
+cpu-baseline on the CPU track itself (docs/LOG.md), which is not a scaled record.
 
 How a record is scaled (the numbers are starting points for measurement, not tuned results):
 
