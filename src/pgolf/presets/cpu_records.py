@@ -153,12 +153,6 @@ def cpu_record_1992_legal() -> RunConfig:
     )
 
 
-_TUNED_BATCH_TOKENS = 4_096
-# 16 sequences of 256 in one micro-batch: at 180 s (eager, 2 seeds) 16,384 -> 8,192 tokens per step gained
-# 0.08 bpb and 8,192 -> 4,096 another 0.04, at equal tokens per second; at 600 s, where ~1,100 steps no longer
-# limit the run, the preset gains ~0.03 over cpu-baseline before its TTT (docs/LOG.md).
-
-
 def cpu_record_tuned() -> RunConfig:
     """What measured better than cpu-baseline on the CPU track itself (docs/LOG.md, 2026-11-26 ablations):
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), a warm-down over the last 45% of
@@ -170,7 +164,10 @@ def cpu_record_tuned() -> RunConfig:
     return derive(
         cpu_baseline(), name="cpu-record-tuned",
         model=dict(mlp_activation="leaky_relu2"),
-        train=dict(train_batch_tokens=_TUNED_BATCH_TOKENS, grad_accum_steps=1, warmdown_frac=0.45),
+        # 16 sequences of 256 in one micro-batch: at 180 s (eager, 2 seeds) 16,384 -> 8,192 tokens per step gained
+        # 0.08 bpb and 8,192 -> 4,096 another 0.04, at equal tokens per second; at 600 s, where ~1,100 steps no
+        # longer limit the run, the preset gains ~0.03 over cpu-baseline before its TTT (docs/LOG.md)
+        train=dict(train_batch_tokens=4_096, grad_accum_steps=1, warmdown_frac=0.45),
         # 4x the steps make the weights less compressible (cpu-baseline's int8 + zlib model: 749k bytes after 61
         # steps, 821k after 270 at 4,096 tokens): int8 codes with the GPTQ-lite clip, the smallest codec, and
         # bits per tensor between 6 and 8 chosen so the artifact always fits (all 8 while it does)
