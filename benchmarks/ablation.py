@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgolf.fileio import write_bytes_atomic
+from jsonout import emit
 
 
 def parse_group(text: str) -> tuple[str, list[str]]:
@@ -85,10 +85,7 @@ def main() -> int:
               f"{rows[-1]['tokens_per_second']['mean']:,.0f} tok/s", file=sys.stderr, flush=True)
     result = {"benchmark": "ablation", "preset": a.preset, "seconds": a.seconds, "seeds": a.seeds,
               "cumulative": not a.independent, "rows": rows}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.json:
-        write_bytes_atomic(a.json, (text + "\n").encode("utf-8"))
+    emit(result, a.json)
     return 0
 
 

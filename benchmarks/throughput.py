@@ -11,7 +11,6 @@ parameters, the output head included) + 12 x layers x model_dim x seq_len for at
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -19,7 +18,7 @@ import torch
 
 from pgolf.config import RunConfig
 from pgolf.dist import use_bf16
-from pgolf.fileio import write_bytes_atomic
+from jsonout import emit
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import param_roles
 from pgolf.optim.groups import build_optimizers
@@ -36,8 +35,15 @@ def matmul_peak(sizes: list[int], dtype: torch.dtype, device: torch.device, seco
 
 def matmul_flops_per_second(n: int, dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
     """Sustained throughput of an n x n x n matmul in `dtype`, timed for about `seconds`."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    return time_matmul((n, n), (n, n), dtype, device, seconds)
+
+
+def time_matmul(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                seconds: float = 2.0) -> float:
+    """FLOP/s of `a @ b` for operands of these shapes (2-D, or batched 3-D), timed for about `seconds`."""
+    a = torch.randn(a_shape, device=device).to(dtype)
+    b = torch.randn(b_shape, device=device).to(dtype)
+    flops = 2.0 * a.numel() * b_shape[-1]
     for _ in range(3):
         a @ b
     reps, t0 = 0, time.perf_counter()
@@ -46,7 +52,7 @@ def matmul_flops_per_second(n: int, dtype: torch.dtype, device: torch.device, se
         reps += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+    return flops * reps / (time.perf_counter() - t0)
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
@@ -140,10 +146,7 @@ def main() -> int:
         "achieved_flops": achieved,
         "mfu": achieved / peak,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        write_bytes_atomic(a.out, (text + "\n").encode("utf-8"))
+    emit(result, a.out)
     return 0
 
 

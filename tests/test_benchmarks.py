@@ -1,11 +1,15 @@
-"""The throughput benchmark runs on CPU and prints one JSON object with the numbers it promises."""
+"""Each benchmark runs on CPU and prints one JSON object with the numbers it promises."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +77,79 @@ def test_vs_reference_benchmark_trains_both_sides_on_the_same_curve(tmp_path: Pa
     # the frozen reference is the baseline model itself: same weights, batches and optimisers, same losses
     assert result["loss_max_abs_diff"] < 1e-4
     assert result["speedup"] == result["pgolf_tokens_per_s"] / result["reference_tokens_per_s"] > 0
+
+
+def _load_benchmark(name: str) -> Any:
+    """A benchmark script as a module (its folder on the path, as when it runs as a script)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_counts_matmul_flops_and_groups_ops() -> None:
+    bench = _load_benchmark("profile_step")
+    assert bench.matmul_flops("aten::mm", [[64, 128], [128, 384]]) == 2.0 * 64 * 128 * 384
+    assert bench.matmul_flops("aten::addmm", [[384], [64, 128], [128, 384]]) == 2.0 * 64 * 128 * 384
+    assert bench.matmul_flops("aten::bmm", [[4, 16, 32], [4, 32, 8]]) == 2.0 * 4 * 16 * 32 * 8
+    # inductor's extern mm passes its output too: the operands are still the first two
+    assert bench.matmul_flops("aten::mm", [[64, 128], [128, 384], [64, 384]]) == 2.0 * 64 * 128 * 384
+    assert bench.matmul_flops("aten::addmm", [[384], [64, 128], [128, 384], [], []]) == 2.0 * 64 * 128 * 384
+    # shapes that are not a matmul's count nothing
+    assert bench.matmul_flops("aten::mm", [[64]]) == bench.matmul_flops("aten::mm", [[128, 128], [4096, 128]]) == 0.0
+    assert [bench.category(n) for n in ("aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                                        "Optimizer.step#Muon.step", "forward+backward", "aten::mul")] == [
+        "matmul", "attention", "optimizer", "region", "other"]
+
+
+def test_profile_step_benchmark_prints_json(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/profile_step.py"), "--preset", "test-tiny",
+                           "--steps", "2", "--profile-steps", "1", "--matmul-sizes", "64", "--eager", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["data"] == "random tokens"  # no prepared shards under tmp_path: it made its own
+    startup = result["startup"]
+    assert startup["to_first_step_s"] >= startup["imports_s"] + startup["build_s"] + startup["first_step_s"]
+    assert startup["compile_s"] == 0.0 and startup["to_first_step_excluding_compile_s"] == startup["to_first_step_s"]
+    assert 0.0 < result["loader_share"] < 1.0 and result["step_ms"] > 0 and result["peak_memory_bytes"] > 0
+    prof = result["profile"]
+    assert prof["self_ms_per_step"]["matmul"] > 0 and prof["matmul_flops_per_step"] > 0
+    # every forward matmul of test-tiny has 64-wide inputs or outputs; the shapes table names them
+    assert prof["matmul_shapes"] and all(r["calls_per_step"] > 0 and r["ms_per_step"] >= 0 for r in prof["matmul_shapes"])
+    assert any(64 in r["a"] + r["b"] for r in prof["matmul_shapes"])
+    assert any(k.startswith("Optimizer.step") for k in prof["inclusive_ms_per_step"])
+    assert result["matmul_share_of_peak_in_step"] == prof["matmul_flops_per_s_in_step"] / result["matmul_sweep_flops"]["peak"]
+
+
+def test_code_entropy_finds_context_a_memoryless_coder_misses() -> None:
+    bench = _load_benchmark("code_entropy")
+    rng = np.random.default_rng(0)
+    # Rows of very different spreads: the row's bucket is informative, the previous code (within a row,
+    # drawn independently) barely so.
+    scales = np.repeat([1, 4, 16, 60], 16)[:, None]
+    codes = np.clip(np.round(rng.standard_normal((64, 256)) * scales), -127, 127).astype(np.int8)
+    e = bench.code_tensor_entropies(codes)
+    assert e["given_row_bucket_bits"] < 0.9 * e["order0_bits"]
+    assert e["order0_bits"] >= e["given_prev_bits"] > e["given_row_bucket_bits"]
+    # i.i.d. codes: no context helps beyond the plug-in estimate's small-sample bias
+    flat = rng.integers(-8, 8, size=(64, 256)).astype(np.int8)
+    f = bench.code_tensor_entropies(flat)
+    assert f["given_row_bucket_bits"] > 0.97 * f["order0_bits"] and f["given_prev_bits"] > 0.95 * f["order0_bits"]
+
+
+def test_code_entropy_benchmark_reads_an_artifact(tmp_path: Path) -> None:
+    from helpers_runs import write_untrained_artifact
+    from pgolf.presets import get_preset
+
+    write_untrained_artifact(tmp_path, get_preset("test-tiny"))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/code_entropy.py"), str(tmp_path / "final_model.int8.ptz")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["tensors"] == len(result["rows"]) > 0 and result["codes"] > 0
+    assert 0 < result["given_prev_ratio"] <= 1.0 and 0 < result["given_row_bucket_ratio"] <= 1.0

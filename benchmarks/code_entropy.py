@@ -1,0 +1,97 @@
+"""How far below their order-0 entropy an artifact's quantised codes could be coded, printed as one JSON object.
+
+`pgolf quantize` compares the compressed codes with their order-0 (memoryless, per tensor) entropy. A
+coder can only go below that bound by using context. This measures, per 2-D code tensor and in total,
+the empirical entropy of the codes given two contexts a coder could use:
+
+- `prev`: the magnitude of the previous code in the same row (capped at 15), i.e. an order-1 model;
+- `row_bucket`: which eighth of the tensor's rows by code spread the row falls in (a per-row scale model).
+
+Both are plug-in estimates over the tensor itself (a real adaptive coder also pays to learn its model),
+so they are lower bounds on what such a context coder would reach, not sizes it would produce.
+
+    python benchmarks/code_entropy.py ARTIFACT [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgolf.artifact import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_RAW_BYTES, parse_payload, read_blob, read_payload,
+                            read_plans, split_streams, unpack_header)
+from jsonout import emit
+from pgolf.quant.layout import decode_parts
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Total empirical order-0 entropy in bits of the symbols in `values`."""
+    if values.size == 0:
+        return 0.0
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum())
+
+
+def conditional_bits(values: np.ndarray, context: np.ndarray) -> float:
+    """Total empirical entropy in bits of `values` given the context label of each (same shape)."""
+    return sum(entropy_bits(values[context == c]) for c in np.unique(context))
+
+
+def code_tensor_entropies(codes: np.ndarray) -> dict[str, float]:
+    """Order-0, given the previous code's magnitude, and given the row's spread bucket; bits, for (rows, cols)."""
+    codes = codes.astype(np.int64)
+    prev = np.abs(codes[:, :-1]).clip(0, 15)
+    order1 = entropy_bits(codes[:, 0]) + conditional_bits(codes[:, 1:], prev)
+    spread = codes.std(axis=1)
+    edges = np.quantile(spread, np.linspace(0, 1, 9)[1:-1])
+    bucket = np.broadcast_to(np.digitize(spread, edges)[:, None], codes.shape)
+    return {"order0_bits": entropy_bits(codes), "given_prev_bits": order1,
+            "given_row_bucket_bits": conditional_bits(codes, bucket)}
+
+
+def artifact_codes(path: Path) -> dict[str, np.ndarray]:
+    """Name -> integer codes (rows, cols) of every 2-D quantised tensor of an artifact (read, not executed)."""
+    blob = read_blob(path, DEFAULT_MAX_FILE_BYTES)
+    header = unpack_header(path, blob, DEFAULT_MAX_RAW_BYTES)
+    payload, data = parse_payload(path, read_payload(path, header))
+    plans = read_plans(path, payload["tensors"])
+    streams = split_streams(path, plans, payload["layout"], data)
+    out = {}
+    for name, plan in plans.items():
+        parts = decode_parts(plan, streams[name])
+        q = parts.get("q")
+        if q is not None and q.dim() == 2 and not q.is_floating_point():
+            out[name] = q.numpy()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    for name, codes in artifact_codes(Path(a.artifact)).items():
+        rows.append({"tensor": name, "shape": list(codes.shape), **code_tensor_entropies(codes)})
+    total = {k: sum(r[k] for r in rows) for k in ("order0_bits", "given_prev_bits", "given_row_bucket_bits")}
+    result = {
+        "benchmark": "code_entropy",
+        "artifact": a.artifact,
+        "tensors": len(rows),
+        "codes": int(sum(np.prod(r["shape"]) for r in rows)),
+        "order0_bytes": total["order0_bits"] / 8,
+        "given_prev_ratio": total["given_prev_bits"] / total["order0_bits"],
+        "given_row_bucket_ratio": total["given_row_bucket_bits"] / total["order0_bits"],
+        "rows": rows,
+    }
+    emit(result, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
