@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,3 +154,22 @@ def test_code_entropy_benchmark_reads_an_artifact(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["tensors"] == len(result["rows"]) > 0 and result["codes"] > 0
     assert 0 < result["given_prev_ratio"] <= 1.0 and 0 < result["given_row_bucket_ratio"] <= 1.0
+
+
+def test_attention_benchmark_backends_agree(tmp_path: Path) -> None:
+    bench = _load_benchmark("attention")
+    torch = pytest.importorskip("torch")
+    q = torch.randn(2, 4, 16, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 16, 8, dtype=torch.float64), torch.randn(2, 2, 16, 8, dtype=torch.float64)
+    ref = bench.sdpa_math(q, k, v)
+    assert torch.allclose(bench.explicit(q, k, v), ref, atol=1e-12) and torch.allclose(bench.sdpa(q, k, v), ref, atol=1e-12)
+    # causal: the first query position sees only the first key
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 1:], v2[:, :, 1:] = 0.0, 0.0
+    assert torch.allclose(bench.explicit(q, k2, v2)[:, :, 0], ref[:, :, 0])
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/attention.py"), "--preset", "test-tiny", "--repeats", "2",
+                           "--out", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["fastest"] in result["ms_fwd_bwd"] and all(v > 0 for v in result["ms_fwd_bwd"].values())
+    assert all(d < 1e-9 for d in result["max_abs_diff_vs_math_fp64"].values())
