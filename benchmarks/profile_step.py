@@ -37,15 +37,20 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 from pgolf.config import RunConfig  # noqa: E402
 from pgolf.data.shards import MissingShardsError, list_shards, shard_name, write_shard  # noqa: E402
 from pgolf.dist import DistInfo, use_bf16  # noqa: E402
-from jsonout import emit  # noqa: E402
-from throughput import matmul_peak, time_matmul  # noqa: E402
 from pgolf.presets import get_preset  # noqa: E402
 from pgolf.runlog import cpu_model, peak_memory_bytes  # noqa: E402
 from pgolf.train import Trainer, _sync  # noqa: E402
 
+from jsonout import emit  # noqa: E402
+from throughput import matmul_peak, time_matmul  # noqa: E402
+
 T_IMPORTED = time.perf_counter()
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")
+# Positions of the two matrix operands in a matmul op's recorded input shapes (an `out=` tensor or
+# scalars may follow them; addmm and baddbmm take the bias first).
+OPERANDS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::_addmm_activation": (1, 2),
+            "aten::baddbmm": (1, 2)}
+MATMUL_OPS = tuple(OPERANDS)
 
 
 def process_age_s() -> float:
@@ -70,12 +75,6 @@ def category(name: str) -> str:
     if not name.startswith("aten::") and not name.startswith("pgolf::"):
         return "region"
     return "other"
-
-
-# Positions of the two matrix operands in a matmul op's recorded input shapes (an `out=` tensor or
-# scalars may follow them; addmm and baddbmm take the bias first).
-OPERANDS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::_addmm_activation": (1, 2),
-            "aten::baddbmm": (1, 2)}
 
 
 def matmul_operands(name: str, shapes: list[list[int]]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
