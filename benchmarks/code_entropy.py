@@ -21,20 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pgolf.artifact import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_RAW_BYTES, parse_payload, read_blob, read_payload,
                             read_plans, split_streams, unpack_header)
 from jsonout import emit
 from pgolf.quant.layout import decode_parts
+from pgolf.quant.pack import order0_entropy_bits
 
 
 def entropy_bits(values: np.ndarray) -> float:
-    """Total empirical order-0 entropy in bits of the symbols in `values`."""
-    if values.size == 0:
-        return 0.0
-    _, counts = np.unique(values, return_counts=True)
-    p = counts / counts.sum()
-    return float(-(counts * np.log2(p)).sum())
+    """Total order-0 entropy in bits, by the same count `pgolf quantize` compares the codecs against."""
+    return order0_entropy_bits(torch.from_numpy(np.ascontiguousarray(values)))
 
 
 def conditional_bits(values: np.ndarray, context: np.ndarray) -> float:
