@@ -3,6 +3,7 @@ fitted artifact under the budget, reloaded from disk and scored by the scorer; b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -76,3 +77,21 @@ def test_quantize_errors_are_one_line(run_dir: Path, tmp_path: Path, capsys: pyt
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
     assert not (tmp_path / "x.ptz").exists()
+
+
+def test_export_time_benchmark_times_each_stage(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("bench_export_time", benchmarks / "export_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    raw = read_artifact(run_dir / "final_model.int8.ptz")
+    flags = ["--quant.scheme", "intx", "--quant.gptq", "true", "--quant.gptq_batches", "4", "--quant.allocate_bits",
+             "true", "--quant.min_bits", "4", "--quant.compressor", "best", "--quant.keep_float_max_numel", "0"]
+    budget = raw.info.total_bytes - 6_000
+    result = bench.time_export(run_dir, flags, budget)
+    stages = ("load_s", "calibration_s", "fit_s", "report_s")
+    assert all(result[s] > 0 for s in stages) and result["total_s"] == pytest.approx(sum(result[s] for s in stages))
+    assert result["total_bytes"] <= budget and result["budget_bytes"] == budget
+    assert min(result["bits"].values()) >= 4 and result["within_target"] == (result["total_s"] <= 30.0)
+    json.dumps(result)  # printable as it is

@@ -18,9 +18,12 @@ from pgolf.artifact import read_artifact
 from pgolf.data import loader, shards
 from pgolf.model.roles import param_roles
 from pgolf.quant.export import calibration_for
-from pgolf.quant.gptq import _collect, calibrate, collect_hessians, gptq_codes, output_error_per_row, quantize_rows_gptq
+from pgolf.quant import gptq
+from pgolf.quant.gptq import (_collect, calibrate, collect_hessians, factor_hessian, gptq_codes, output_error_per_row,
+                              quantize_rows_gptq)
 from pgolf.quant.intx import quantize_rtn
 from pgolf.quant.layout import TensorPlan, dequantize, expand_scales
+from pgolf.quant.quantize import GPTQOptions, quantize
 
 
 def correlated_layer(seed: int, rows: int = 48, cols: int = 96, tokens: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +91,81 @@ def test_candidate_search_with_gptq_never_loses_to_a_candidate() -> None:
         one = quantize_rows_gptq(w, plan(tuple(w.shape), 4, "percentile", (q,)), h, **options)
         assert (best <= output_error_per_row(w, dequantize(plan(tuple(w.shape), 4), one), h) + 1e-12).all()
 
+
+def reference_gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ as the paper states it, column by column with the whole remainder updated at once (no lazy
+    blocks, no act-order): the explicit inverse's Cholesky factor U, q_j = round(w_j / s_j), and the
+    error (w_j - q_j s_j) / U_jj spread over the later columns by U_j,j+1:."""
+    qm = (1 << (bits - 1)) - 1
+    h = h.double().clone()
+    h.diagonal().add_(0.01 * float(torch.diag(h).mean()))
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)  # (C, C)
+    w, scale = w.double().clone(), scale.double()
+    codes = torch.zeros_like(w)
+    for j in range(w.shape[1]):
+        q = torch.clamp(torch.round(w[:, j] / scale[:, j]), -qm, qm)
+        codes[:, j] = q
+        err = (w[:, j] - q * scale[:, j]) / u[j, j]
+        w[:, j + 1:] -= err[:, None] * u[j, j + 1:][None, :]
+    return codes.to(torch.int8)
+
+
+def test_gptq_matches_the_column_by_column_reference() -> None:
+    w, x = correlated_layer(8, rows=32, cols=48)
+    h = x.t() @ x / x.shape[0]
+    p = plan(tuple(w.shape), 4)
+    scale = expand_scales(quantize_rtn(w, p)["scale"], p)
+    ours = gptq_codes(w, h, scale, 4, block_size=16, act_order=False)
+    assert (ours != reference_gptq(w, h, scale, 4)).float().mean() < 0.01  # equal up to rounding ties
+
+
+def test_a_precomputed_factor_gives_the_same_codes() -> None:
+    w, x = correlated_layer(4, rows=24, cols=64)
+    h = x.t() @ x / x.shape[0]
+    p = plan(tuple(w.shape), 4)
+    scale = expand_scales(quantize_rtn(w, p)["scale"], p)  # (R, C)
+    for act_order in (True, False):
+        factored = gptq_codes(w, h, scale, 4, block_size=16, factor=factor_hessian(h, act_order=act_order, damp=0.01))
+        assert torch.equal(factored, gptq_codes(w, h, scale, 4, block_size=16, act_order=act_order))
+
+
+def test_candidate_search_keeps_per_row_the_single_candidate_codes() -> None:
+    w, x = correlated_layer(5)
+    w[::3, 7] *= 25  # rows with an outlier prefer another clip than the rest
+    h = x.t() @ x / x.shape[0]
+    quantiles = (0.99, 0.999, 1.0)
+    options = {"block_size": 32, "act_order": True, "damp": 0.01}
+    both = quantize_rows_gptq(w, plan(tuple(w.shape), 4, "gptq_lite", quantiles), h, **options)
+    singles = [quantize_rows_gptq(w, plan(tuple(w.shape), 4, "percentile", (q,)), h, **options) for q in quantiles]
+    errors = torch.stack([output_error_per_row(w, dequantize(plan(tuple(w.shape), 4), one), h) for one in singles])  # (K, R)
+    pick = errors.argmin(dim=0)  # (R,)
+    assert len(set(pick.tolist())) > 1  # the rows do not all pick one candidate
+    for r in range(w.shape[0]):
+        assert torch.equal(both["q"][r], singles[int(pick[r])]["q"][r])
+        assert torch.equal(both["scale"][r], singles[int(pick[r])]["scale"][r])
+
+
+def test_one_export_factorises_each_hessian_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    w, x = correlated_layer(6)
+    h = x.t() @ x / x.shape[0]
+    calls: list[int] = []
+    real = gptq.factor_hessian
+
+    def counting(*args: object, **kwargs: object) -> gptq.HessianFactor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gptq, "factor_hessian", counting)
+    state, hessians = {"a": w, "b": w * 2}, {"a": h, "b": h}
+    factors: dict[str, gptq.HessianFactor] = {}
+    first = quantize(state, {n: plan(tuple(w.shape), 6) for n in state}, hessians, GPTQOptions(), factors)
+    assert len(calls) == 2 and set(factors) == {"a", "b"}
+    # the budget fit re-quantises at other widths: no new factorisation, the same codes as without a cache
+    again = quantize(state, {n: plan(tuple(w.shape), 5) for n in state}, hessians, GPTQOptions(), factors)
+    assert len(calls) == 2
+    fresh = quantize(state, {n: plan(tuple(w.shape), 5) for n in state}, hessians, GPTQOptions())
+    assert all(torch.equal(again[n].parts["q"], fresh[n].parts["q"]) for n in state)
+    assert not torch.equal(first["a"].parts["q"], again["a"].parts["q"])
 
 # ---------------------------------------------------------------- Hessians
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -71,6 +71,7 @@ class Packer:
     codec: list[tuple[str, int]]
     header: dict[str, Any]
     lqer_names: list[str] | None = None
+    factors: dict[str, Any] = field(default_factory=dict)  # GPTQ's Hessian factors, one per tensor, kept across re-quantisations
 
     def finish(self, quantized: dict[str, QuantizedTensor]) -> dict[str, QuantizedTensor]:
         """LQER corrections (on the same tensors once chosen, so pruning cannot move them)."""
@@ -172,7 +173,7 @@ def allocate_bits(packer: Packer, plans: dict[str, TensorPlan], quantized: dict[
             break
         plans = with_bits(plans, bits)
         quantized = {**quantized, **quantize(packer.state, {n: plans[n] for n in dict.fromkeys(changed)}, hessians,
-                                             options)}
+                                             options, packer.factors)}
         blob, comp, final = packer.pack(quantized)
     if len(blob) <= target:
         plans, quantized, blob, comp, final = fill_bits(packer, plans, quantized, (blob, comp, final), bits, table,
@@ -196,7 +197,7 @@ def fill_bits(packer: Packer, plans: dict[str, TensorPlan], quantized: dict[str,
         if len(blob) + extra > target:
             continue
         trial_plans = with_bits(plans, {**bits, name: bits[name] + 1})
-        trial = {**quantized, **quantize(packer.state, {name: trial_plans[name]}, hessians, options)}
+        trial = {**quantized, **quantize(packer.state, {name: trial_plans[name]}, hessians, options, packer.factors)}
         b, c, f = packer.pack(trial)
         if len(b) <= target:
             bits[name] += 1
@@ -300,7 +301,7 @@ def fit_to_budget(state: Mapping[str, Tensor], plans: dict[str, TensorPlan], cfg
     packer = Packer(state=state, cfg=cfg, codec=codec_choices(cfg.compressor, cfg.level), header=header)
     if cfg.allocate_bits:
         plans = with_bits(plans, {n: cfg.max_bits for n in eligible_for_bits(plans)})
-    quantized = quantize(state, plans, hessians, options)
+    quantized = quantize(state, plans, hessians, options, packer.factors)
     blob, comp, final = packer.pack(quantized)
     packer.codec = [(comp, dict(packer.codec)[comp])]  # `best` is decided once, on the first pack
     if cfg.allocate_bits and len(blob) > target:

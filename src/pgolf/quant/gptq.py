@@ -60,34 +60,60 @@ def upper_cholesky_of_inverse(h: Tensor, damp: float) -> Tensor:
     raise GPTQError("the Hessian is not positive definite even with extra damping")
 
 
-def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, bits: int, *, block_size: int = 128,
-               act_order: bool = True, damp: float = 0.01) -> Tensor:
-    """GPTQ codes (R, C) int8 of w (R, C) for a Hessian h (C, C) and fixed per-element scales (R, C)."""
-    qm = qmax(bits)
-    w = w.double().clone()  # (R, C)
-    scale = scale.double()  # (R, C)
+@dataclass(frozen=True)
+class HessianFactor:
+    """What GPTQ takes from a Hessian, whatever the weights, bits and scales: the dead input columns, the
+    column order, and the upper Cholesky factor of the damped inverse in that order. Computed once per
+    tensor, it serves every clip candidate and every bit width that the budget fit tries."""
+
+    dead: Tensor  # (C,) bool
+    perm: Tensor  # (C,) int64
+    hinv: Tensor  # (C, C) float64
+
+
+def factor_hessian(h: Tensor, *, act_order: bool = True, damp: float = 0.01) -> HessianFactor:
+    """The HessianFactor of h (C, C): act-order is decreasing diagonal (stable), then Cholesky."""
     h, dead = prepare_hessian(h, damp)
-    w[:, dead] = 0.0
-    num_cols = w.shape[1]
-    diag = torch.diag(h)  # (C,)
-    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(num_cols, device=w.device)
-    w, scale, h = w[:, perm], scale[:, perm], h[perm][:, perm]
-    hinv = upper_cholesky_of_inverse(h, damp)  # (C, C)
-    codes = torch.zeros_like(w)  # (R, C)
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(h.shape[0], device=h.device)
+    return HessianFactor(dead=dead, perm=perm, hinv=upper_cholesky_of_inverse(h[perm][:, perm], damp))
+
+
+def cached_factor(cache: dict[str, HessianFactor] | None, name: str, h: Tensor, *, act_order: bool,
+                  damp: float) -> HessianFactor:
+    """The factor of tensor `name`'s Hessian from `cache` (one export's), computing and storing it once."""
+    if cache is not None and name in cache:
+        return cache[name]
+    factor = factor_hessian(h, act_order=act_order, damp=damp)
+    if cache is not None:
+        cache[name] = factor
+    return factor
+
+
+def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, bits: int, *, block_size: int = 128,
+               act_order: bool = True, damp: float = 0.01, factor: HessianFactor | None = None) -> Tensor:
+    """GPTQ codes (R, C) int8 of w (R, C) for a Hessian h (C, C) (or its `factor`, which then decides
+    act_order and damp) and fixed per-element scales (R, C)."""
+    factor = factor if factor is not None else factor_hessian(h, act_order=act_order, damp=damp)
+    qm = qmax(bits)
+    # transposed, one column of w per row of wt, so that the column loop reads and updates contiguous memory
+    wt = w.double().t().clone()  # (C, R)
+    wt[factor.dead] = 0.0
+    num_cols = wt.shape[0]
+    wt, st, hinv = wt[factor.perm], scale.double().t()[factor.perm], factor.hinv  # (C, R), (C, R), (C, C)
+    codes = torch.zeros_like(wt)  # (C, R)
     for i1 in range(0, num_cols, block_size):
         i2 = min(i1 + block_size, num_cols)
-        block = w[:, i1:i2].clone()  # (R, b)
-        errors = torch.zeros_like(block)  # (R, b)
+        block = wt[i1:i2].clone()  # (b, R)
+        errors = torch.zeros_like(block)  # (b, R)
         for j in range(i2 - i1):
-            col, s = block[:, j], scale[:, i1 + j]  # (R,), (R,)
+            col, s = block[j], st[i1 + j]  # (R,), (R,)
             q = torch.clamp(torch.round(col / s), -qm, qm)  # (R,)
-            codes[:, i1 + j] = q
+            codes[i1 + j] = q
             err = (col - q * s) / hinv[i1 + j, i1 + j]  # (R,)
-            block[:, j:] -= err[:, None] * hinv[i1 + j, i1 + j:i2][None, :]
-            errors[:, j] = err
-        w[:, i2:] -= errors @ hinv[i1:i2, i2:]
-    inverse_perm = torch.argsort(perm)
-    return codes[:, inverse_perm].to(torch.int8).contiguous()
+            block[j:].addr_(hinv[i1 + j, i1 + j:i2], err, alpha=-1.0)  # (b - j, R), in place
+            errors[j] = err
+        wt[i2:] -= hinv[i1:i2, i2:].t() @ errors  # (C - i2, R)
+    return codes[torch.argsort(factor.perm)].t().to(torch.int8).contiguous()  # (R, C)
 
 
 def output_error_per_row(w: Tensor, w_hat: Tensor, h: Tensor) -> Tensor:
@@ -97,22 +123,25 @@ def output_error_per_row(w: Tensor, w_hat: Tensor, h: Tensor) -> Tensor:
 
 
 def quantize_rows_gptq(w: Tensor, plan: TensorPlan, h: Tensor, *, block_size: int, act_order: bool,
-                       damp: float) -> dict[str, Tensor]:
+                       damp: float, factor: HessianFactor | None = None) -> dict[str, Tensor]:
     """GPTQ codes and scales for an intx_row plan; with several clip candidates (GPTQ-lite, a list of
-    SDClip k) GPTQ runs once per candidate and each row keeps the one with the lowest output error."""
+    SDClip k) GPTQ runs once per candidate over one factorisation of h, and each row keeps the candidate
+    with the lowest output error. (Stacking the candidates as K x R rows in one pass gives the same codes,
+    but its K-times larger block no longer stays in a CPU's cache, and the column loop slowed down.)"""
+    factor = factor if factor is not None else factor_hessian(h, act_order=act_order, damp=damp)
     rows = as_groups(w, plan)  # (R*G, g)
     best: dict[str, Tensor] | None = None
     best_err: Tensor | None = None
     for clip in clip_candidates(rows, plan):
         s_round, s_stored = scales_from_clip(clip, plan)  # (R*G,)
         full = s_round.reshape(plan.rows, plan.num_groups).repeat_interleave(plan.cols // plan.num_groups, dim=1)
-        q = gptq_codes(w, h, full, plan.bits, block_size=block_size, act_order=act_order, damp=damp)  # (R, C)
+        q = gptq_codes(w, h, full, plan.bits, block_size=block_size, factor=factor)  # (R, C)
         err = output_error_per_row(w, q.double() * full.double(), h)  # (R,)
         scale = s_stored.reshape(plan.rows, plan.num_groups)
         if best is None or best_err is None:
             best, best_err = {"q": q, "scale": scale}, err
             continue
-        better = err < best_err  # (R,)
+        better = err < best_err  # (R,) ties keep the earlier candidate
         best = {"q": torch.where(better[:, None], q, best["q"]), "scale": torch.where(better[:, None], scale, best["scale"])}
         best_err = torch.minimum(err, best_err)
     assert best is not None

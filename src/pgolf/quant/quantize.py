@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,17 +35,20 @@ def check_finite(name: str, t: Tensor) -> None:
                         f"or check the data")
 
 
-def quantize_one(name: str, t: Tensor, plan: TensorPlan, hessian: Tensor | None, options: GPTQOptions) -> QuantizedTensor:
-    """One tensor under its plan; GPTQ when the plan asks for it and a Hessian is at hand."""
+def quantize_one(name: str, t: Tensor, plan: TensorPlan, hessian: Tensor | None, options: GPTQOptions,
+                 factors: dict[str, Any] | None = None) -> QuantizedTensor:
+    """One tensor under its plan; GPTQ when the plan asks for it and a Hessian is at hand. `factors` keeps
+    each Hessian's factorisation across the calls of one export (the budget fit re-quantises tensors)."""
     t = t.detach()
     check_finite(name, t)
     if plan.kind == "intx_row" and plan.gptq and hessian is not None:
-        from pgolf.quant.gptq import GPTQError, quantize_rows_gptq  # shipped only with quant.gptq
+        from pgolf.quant.gptq import GPTQError, cached_factor, quantize_rows_gptq  # shipped only with quant.gptq
 
         try:
+            factor = cached_factor(factors, name, hessian, act_order=options.act_order, damp=options.damp)
             # on the Hessian's device: the column loop is the slow part of an export on a GPU
             parts = quantize_rows_gptq(t.to(hessian.device), plan, hessian, block_size=options.block_size,
-                                       act_order=options.act_order, damp=options.damp)
+                                       act_order=options.act_order, damp=options.damp, factor=factor)
             return QuantizedTensor(plan=plan, parts={k: v.cpu() for k, v in parts.items()})
         except GPTQError:
             pass
@@ -53,7 +57,8 @@ def quantize_one(name: str, t: Tensor, plan: TensorPlan, hessian: Tensor | None,
 
 
 def quantize(state: Mapping[str, Tensor], plans: Mapping[str, TensorPlan], hessians: Mapping[str, Tensor] | None = None,
-             options: GPTQOptions = GPTQOptions()) -> dict[str, QuantizedTensor]:
-    """Name -> QuantizedTensor for every planned tensor, in plan order."""
+             options: GPTQOptions = GPTQOptions(), factors: dict[str, Any] | None = None) -> dict[str, QuantizedTensor]:
+    """Name -> QuantizedTensor for every planned tensor, in plan order (`factors`: see quantize_one)."""
     hessians = hessians or {}
-    return {name: quantize_one(name, state[name], plan, hessians.get(name), options) for name, plan in plans.items()}
+    return {name: quantize_one(name, state[name], plan, hessians.get(name), options, factors)
+            for name, plan in plans.items()}
