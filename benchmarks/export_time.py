@@ -13,7 +13,6 @@ budget fitting in <= 30 s; `within_target` says whether this run met it.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import tempfile
 import time
@@ -24,9 +23,8 @@ import torch
 from jsonout import emit
 
 from pgolf.bundle import code_bytes
-from pgolf.cli import parse_config
+from pgolf.cli import run_dir_config
 from pgolf.config import config_to_dict
-from pgolf.flags import run_config_from_dict
 from pgolf.model.roles import param_roles
 from pgolf.quant.export import (SENSITIVITY_FILE, calibration_for, load_run_model, load_sensitivity, stored_run_config,
                                 tensor_report, write_artifact)
@@ -36,11 +34,7 @@ TARGET_SECONDS = 30.0
 
 def time_export(run_dir: Path, flags: list[str], budget: int | None) -> dict[str, Any]:
     """Seconds per stage of re-exporting `run_dir` with `flags` (and `budget` bytes when given)."""
-    stored = json.loads((run_dir / "header.json").read_text(encoding="utf-8"))["config"]
-    cfg = parse_config(flags, run_config_from_dict(stored, where=str(run_dir / "header.json")), "export_time")
-    if budget is not None:
-        cfg.budget.artifact_max_bytes = budget
-        cfg.validate()
+    cfg = run_dir_config(run_dir, flags, None if budget is None else str(budget))
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_run_model(run_dir, cfg)

@@ -262,12 +262,31 @@ def cmd_run(args: list[str]) -> int:
     return execute(cfg, "pgolf run " + shlex.join(args), code=build_bundle(cfg), prepare=prepare)
 
 
-def cmd_quantize(args: list[str]) -> int:
-    """Re-export a run's full-precision weights with other quant settings, show the bytes, score it."""
+def run_dir_config(run_dir: Path, flags: list[str], budget: str | None = None) -> RunConfig:
+    """The config stored in a run folder's header.json with `flags` (and a --budget value) applied on top."""
     import json
 
-    from pgolf import dist
     from pgolf.flags import parse_text, run_config_from_dict
+
+    header_path = run_dir / "header.json"
+    try:
+        stored = json.loads(header_path.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{header_path} is missing or has no config; pass a run folder written by `pgolf train` or `pgolf run`") from None
+    try:
+        cfg = run_config_from_dict(stored, where=f"{header_path}: config")
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    cfg = parse_config(flags, cfg, "pgolf quantize RUN_DIR")
+    if budget is not None:
+        cfg.budget.artifact_max_bytes = parse_text(budget, int, "--budget")
+        cfg.validate()
+    return cfg
+
+
+def cmd_quantize(args: list[str]) -> int:
+    """Re-export a run's full-precision weights with other quant settings, show the bytes, score it."""
+    from pgolf import dist
     from pgolf.bundle import code_bytes
     from pgolf.quant.export import format_report, requantize
     from pgolf.quant.fit import BudgetError
@@ -296,19 +315,7 @@ def cmd_quantize(args: list[str]) -> int:
     run_dir = Path(args[0])
     budget, rest = pop("--budget", args[1:])
     out, rest = pop("--out", rest)
-    header_path = run_dir / "header.json"
-    try:
-        stored = json.loads(header_path.read_text(encoding="utf-8"))["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{header_path} is missing or has no config; pass a run folder written by `pgolf train` or `pgolf run`") from None
-    try:
-        cfg = run_config_from_dict(stored, where=f"{header_path}: config")
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-    cfg = parse_config(rest, cfg, "pgolf quantize RUN_DIR")
-    if budget is not None:
-        cfg.budget.artifact_max_bytes = parse_text(budget, int, "--budget")
-        cfg.validate()
+    cfg = run_dir_config(run_dir, rest, budget)
     out_path = Path(out) if out else run_dir / "final_model.requant.ptz"
     info = _init_dist()
     try:
