@@ -173,3 +173,38 @@ def test_attention_benchmark_backends_agree(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["fastest"] in result["ms_fwd_bwd"] and all(v > 0 for v in result["ms_fwd_bwd"].values())
     assert all(d < 1e-9 for d in result["max_abs_diff_vs_math_fp64"].values())
+
+
+def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    from helpers_text import TINY_VOCAB, make_documents
+
+    torch = pytest.importorskip("torch")
+    from pgolf.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from pgolf.data.shards import write_documents_as_shards
+    from pgolf.model.gpt import GPT
+    from pgolf.quant.export import export_model
+    from pgolf.tokenizer import BOS_ID, encode_documents, load_tokenizer
+
+    sp = load_tokenizer(tiny_tokenizer, TINY_VOCAB)
+    write_documents_as_shards(tmp_path / "data", "val", encode_documents(sp, make_documents(3_000, seed=2)),
+                              bos_id=BOS_ID, shard_tokens=3_000)
+    cfg = RunConfig(name="e", model=ModelConfig(vocab_size=TINY_VOCAB, num_layers=2, model_dim=32, num_heads=2,
+                                                num_kv_heads=1),
+                    train=TrainConfig(train_seq_len=32, train_batch_tokens=128, grad_accum_steps=1),
+                    data=DataConfig(source="fineweb", dataset_dir=str(tmp_path / "data"), tokenizer_path=str(tiny_tokenizer)),
+                    eval=EvalConfig(max_tokens=600)).validate()
+    torch.manual_seed(0)
+    export_model(GPT(cfg.model), cfg, tmp_path / "m.ptz", code_bytes=1_000)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
+                           "--strides", "32,8", "--batch-tokens", "64,256", "--rounds", "2", "--full-last-layer",
+                           "--out", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads((tmp_path / "e.json").read_text()) and result["validation_tokens"] == 576
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 2 and all(len(r["seconds"]) == 2 and r["best_s"] > 0 for r in rows)
+    assert {r["variant"] for r in rows} == {"shipped", "full_last_layer"}
+    # the benchmark refuses variants that disagree, so every row of a stride carries one score
+    for stride in (32, 8):
+        assert len({round(r["val_bpb"], 9) for r in rows if r["stride"] == stride}) == 1
+    assert result["best_sliding64_s"] is None and result["within_target"] is None  # no stride-64 row asked for

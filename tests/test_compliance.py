@@ -122,9 +122,9 @@ def test_training_budget_allows_only_the_step_that_crosses_a_cap(setup: tuple[Ru
 class PeekingGPT(GPT):
     """Mixes the next token's embedding into each position: a causality leak the probe must catch."""
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
         h = super().hidden_states(input_ids)  # (B, T, C)
-        return h + 0.5 * self.tok_emb(input_ids.roll(-1, dims=1))
+        return (h + 0.5 * self.tok_emb(input_ids.roll(-1, dims=1)))[:, keep_from:]
 
 
 class UnnormalisedGPT(GPT):

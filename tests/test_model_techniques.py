@@ -30,6 +30,23 @@ def test_future_tokens_never_change_earlier_logits(name: str) -> None:
     assert not torch.allclose(a[:, 15:], b[:, 15:], atol=1e-4)
 
 
+@pytest.mark.parametrize("name", list(TECHNIQUES))
+def test_last_layer_on_the_scored_columns_only_gives_the_same_hidden_states(name: str) -> None:
+    # Sliding evaluation runs the last layer only for a window's scored columns (hidden_states' keep_from);
+    # every earlier position still feeds its keys and values, so the kept rows must not change.
+    for backend in ("sdpa", "math"):
+        model = randomize(build(TECHNIQUES[name], backend=backend))
+        x = tokens(2, 24, seed=5)
+        x[1, 11] = BOS_ID  # a document starting inside the dropped columns' range ...
+        x[0, 20] = BOS_ID  # ... and one inside the kept ones
+        with torch.inference_mode():
+            full = model.hidden_states(x)  # (B, T, C)
+            for keep_from in (0, 1, 17, 23):
+                part = model.hidden_states(x, keep_from=keep_from)  # (B, T - keep_from, C)
+                assert part.shape == (2, 24 - keep_from, full.size(-1))
+                assert torch.allclose(part, full[:, keep_from:], atol=2e-5, rtol=0), (backend, keep_from)
+
+
 def packed_documents() -> tuple[torch.Tensor, torch.Tensor]:
     """Two rows of [doc A | BOS doc B]; the second copy differs only inside doc A."""
     x = tokens(2, 24, seed=3)

@@ -8,7 +8,8 @@ exactly once; the record's original window filter scored the stream's tail twice
 non-overlapping evaluation, written independently, against which stride == seq_len is checked.
 
 The model is any module with `per_token_nll(input_ids (B, T), target_ids (B, T)) -> (B, T)` nats;
-one that also has `hidden_states`/`logits_from_hidden` gets logits only for the scored columns.
+one that also has `hidden_states(x, keep_from)`/`logits_from_hidden` runs its last layer and head only
+for the scored columns.
 Windows are ledger rows (`pgolf.eval.bpb.TokenLedger`): the scorer reads them from the ledger and
 commits each window's losses, so every prediction is provably scored once. Evaluation works at any
 window length; RoPE models trained shorter may want the model's NTK rescale (model.rope_train_seq_len).
@@ -108,10 +109,10 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 def token_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, col0: int = 0) -> torch.Tensor:
     """Per-token nll (B, T - col0) of the predictions from column col0 on: full-vocabulary softmax
-    cross-entropy. Models with `hidden_states`/`logits_from_hidden` compute logits only where scored."""
+    cross-entropy. Models with `hidden_states`/`logits_from_hidden` run the last layer and head only where scored."""
     if col0 == 0 or not hasattr(model, "logits_from_hidden"):
         return model.per_token_nll(x, y)[:, col0:].float()
-    logits = model.logits_from_hidden(model.hidden_states(x)[:, col0:])  # (B, T', V)
+    logits = model.logits_from_hidden(model.hidden_states(x, keep_from=col0))  # (B, T', V)
     return F.cross_entropy(logits.float().flatten(0, 1), y[:, col0:].flatten(), reduction="none").view(y.shape[0], -1)
 
 

@@ -53,7 +53,7 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reference attention in fp32 (autocast off); q is (B, H, T, D), k and v (B, KV, T, D).
 
-    Causal, or where `mask` (B, 1, T, T) allows when given."""
+    Causal, or where `mask` (B, 1, Tq, T) allows when given."""
     num_groups = q.size(1) // k.size(1)
     T = q.size(2)
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -84,7 +84,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str,
            docs: Documents | None = None) -> torch.Tensor:
     """Causal attention with the named backend, within documents when `docs` is given.
 
-    q is (B, H, T, D), k and v (B, KV, T, D); returns (B, H, T, D)."""
+    q is (B, H, Tq, D), k and v (B, KV, T, D); returns (B, H, Tq, D). With Tq < T the queries are the
+    last Tq positions (each sees the keys up to its own position)."""
+    if q.size(2) < k.size(2):
+        tq, t = q.size(2), k.size(2)
+        mask = torch.ones(tq, t, dtype=torch.bool, device=q.device).tril(t - tq)  # (Tq, T)
+        if docs is not None:
+            assert docs.mask is not None, "trimmed queries need the mask path of document attention"
+            mask = docs.mask[:, :, t - tq:]  # (B, 1, Tq, T)
+        return math_attention(q, k, v, mask) if backend == "math" else sdpa_attention(q, k, v, mask)
     if docs is not None:
         return _attend_documents(q, k, v, backend, docs)
     if backend == "math":
@@ -178,10 +186,14 @@ class CausalSelfAttention(nn.Module):
         return torch.sigmoid(self.gate_scale * logits)
 
     def forward(self, x: torch.Tensor, value_embed: torch.Tensor | None = None,
-                docs: Documents | None = None) -> torch.Tensor:
+                docs: Documents | None = None, keep_from: int = 0) -> torch.Tensor:
+        """Attention output (B, T - keep_from, C) for the positions from `keep_from` on; keys and values
+        come from every position of x (B, T, C)."""
         B, T, C = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.c_q(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        xq = x[:, keep_from:]  # (B, Tq, C)
+        Tq = T - keep_from
+        q = self.c_q(xq).view(B, Tq, H, D).transpose(1, 2)  # (B, H, Tq, D)
         k = self.c_k(x).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         v_flat = self.c_v(x)  # (B, T, KV*D)
         if self.ve_scale is not None and value_embed is not None:
@@ -190,14 +202,14 @@ class CausalSelfAttention(nn.Module):
         v = v_tok.transpose(1, 2)  # (B, KV, T, D)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, q.dtype)  # (1, 1, T, rd/2) each
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]  # (B, H, T, D)
-        y = attend(q, k, v, self.backend, docs)  # (B, H, T, D)
+        q, k = apply_rotary(q, cos[:, :, keep_from:], sin[:, :, keep_from:]), apply_rotary(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]  # (B, H, Tq, D)
+        y = attend(q, k, v, self.backend, docs)  # (B, H, Tq, D)
         if not self.xsa and self.gate is None:
-            return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
-        y = y.transpose(1, 2)  # (B, T, H, D)
+            return self.proj(y.transpose(1, 2).contiguous().view(B, Tq, C))
+        y = y.transpose(1, 2)  # (B, Tq, H, D)
         if self.xsa:
-            y = exclusive_self_attention(y, v_tok)  # (B, T, H, D)
+            y = exclusive_self_attention(y, v_tok[:, keep_from:])  # (B, Tq, H, D)
         if self.gate is not None:
-            y = y * self._gate(x)[..., None]  # (B, T, H, D)
-        return self.proj(y.reshape(B, T, C))
+            y = y * self._gate(xq)[..., None]  # (B, Tq, H, D)
+        return self.proj(y.reshape(B, Tq, C))

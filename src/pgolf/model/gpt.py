@@ -64,24 +64,29 @@ class Block(nn.Module):
         return mix[0][None, None, :] * x + mix[1][None, None, :] * x0  # (B, T, C)
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, value_embed: torch.Tensor | None = None,
-                docs: Documents | None = None) -> torch.Tensor:
+                docs: Documents | None = None, keep_from: int = 0) -> torch.Tensor:
+        """The block's output (B, T - keep_from, C) at the positions from `keep_from` on (attention still
+        reads every position of x (B, T, C))."""
         x = self._read(x, x0)
         if self.gptj:
             n = self._norm(x)
-            return (x + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(n, value_embed, docs)
-                    + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(n))
-        x = x + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(self._norm(x), value_embed, docs)
+            return (x[:, keep_from:] + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(n, value_embed, docs,
+                                                                                                  keep_from)
+                    + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(n[:, keep_from:]))
+        x = x[:, keep_from:] + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(self._norm(x), value_embed,
+                                                                                      docs, keep_from)
         x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(self._norm(x))
         return x
 
     def forward_lanes(self, lane0: torch.Tensor, lane1: torch.Tensor, x0: torch.Tensor, post: torch.Tensor,
                       resid: torch.Tensor, value_embed: torch.Tensor | None = None,
-                      docs: Documents | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      docs: Documents | None = None, keep_from: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-lane step: attention reads lane0 (mixed with x0), the MLP reads lane1; post (2, 2) routes
-        [attn, mlp] x [lane0, lane1], resid (2,) carries each lane."""
+        [attn, mlp] x [lane0, lane1], resid (2,) carries each lane. Lanes out at the positions from keep_from."""
         dt = lane0.dtype
         attn_in = self._norm(self._read(lane0, x0))  # (B, T, C)
-        attn_out = self.attn_scale.to(dt)[None, None, :] * self.attn(attn_in, value_embed, docs)
+        attn_out = self.attn_scale.to(dt)[None, None, :] * self.attn(attn_in, value_embed, docs, keep_from)
+        lane0, lane1 = lane0[:, keep_from:], lane1[:, keep_from:]  # (B, T', C)
         mlp_out = self.mlp_scale.to(dt)[None, None, :] * self.mlp(self._norm(lane1))
         p, r = post.to(dt), resid.to(dt)
         new0 = r[0] * lane0 + p[0, 0] * attn_out + p[1, 0] * mlp_out  # (B, T, C)
@@ -166,32 +171,38 @@ class GPT(nn.Module):
         gate = torch.sigmoid(self.skip_gates[i].to(x.dtype))[None, None, :]  # (1, 1, C)
         return torch.lerp(scaled, x, gate)  # (B, T, C)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final-normed residual stream (B, T, C) for token ids (B, T)."""
+    def hidden_states(self, input_ids: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
+        """Final-normed residual stream (B, T - keep_from, C) for token ids (B, T): the positions from
+        `keep_from` on. The last layer computes only those (a sliding window's scored columns); earlier
+        layers compute every position, which the last one attends to."""
         x = embed_input(input_ids, self.tok_emb, self.bigram, self.smear)  # (B, T, C)
         x0 = x
         ve = self.value_embed(input_ids) if self.value_embed is not None else None  # (B, T, KV*D)
         docs = locate_documents(input_ids, self.attn_backend) if self.cfg.doc_mask else None
         skips: list[torch.Tensor] = []
         lanes: tuple[torch.Tensor, torch.Tensor] | None = None
-        for spec in self.plan:
+        # the varlen path attends whole segments: it computes every position and slices at the end
+        last_cut = 0 if docs is not None and docs.mask is None else keep_from
+        last = len(self.plan) - 1
+        for i, spec in enumerate(self.plan):
             block = self.blocks[spec.block]
+            cut = last_cut if i == last else 0
             if spec.residual == "two_lane":
                 lane0, lane1 = lanes if lanes is not None else (x, x)
                 if spec.skip_index >= 0:
                     lane0 = self._merge_skip(lane0, skips[spec.skip_source], spec.skip_index)
                 assert self.parallel_post_lambdas is not None and self.parallel_resid_lambdas is not None
                 lanes = block.forward_lanes(lane0, lane1, x0, self.parallel_post_lambdas[spec.block],
-                                            self.parallel_resid_lambdas[spec.block], ve, docs)
+                                            self.parallel_resid_lambdas[spec.block], ve, docs, cut)
                 continue
             if spec.skip_index >= 0:
                 x = self._merge_skip(x, skips[spec.skip_source], spec.skip_index)
-            x = block(x, x0, ve, docs)
+            x = block(x, x0, ve, docs, cut)
             if spec.side == "encoder":
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])  # final hidden: the mean of the lanes
-        return rms_norm(x)
+        return rms_norm(x[:, keep_from - last_cut:])
 
     def logits_from_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Softcapped fp32 logits (..., V) from final hidden states (..., C)."""

@@ -82,9 +82,10 @@ def cpu_baseline() -> RunConfig:
         # Small matrices of a CPU-sized model would all fall under the baseline's 65,536-element
         # "keep float" threshold; scale it with the model so the matrices are quantised as intended.
         quant=QuantConfig(keep_float_max_numel=4_096),
-        # 16,384 tokens per forward: on 2 cores a smaller batch stays in cache (stride-64 evaluation of
-        # 100k tokens: 54.2 s at 524,288, 33.4 s at 65,536, 21.4 s at 16,384; the same val_bpb)
-        eval=EvalConfig(batch_tokens=16_384),
+        # 2,048 tokens per forward (8 windows of 256): on 2 cores a small batch stays in cache (stride-64
+        # evaluation of 100k tokens: 54.2 s at 524,288, 33.4 s at 65,536, 21.4 s at 16,384; of the whole
+        # validation set: 57.0 s at 16,384, 49.7 s at 4,096, 39.8 s at 2,048; the same val_bpb; docs/LOG.md)
+        eval=EvalConfig(batch_tokens=2_048),
         budget=BudgetConfig(artifact_max_bytes=CPU_ARTIFACT_MAX_BYTES, train_seconds=CPU_TRAIN_SECONDS),
     ).validate()
 
