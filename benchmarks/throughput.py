@@ -97,11 +97,13 @@ def bench_train(cfg: RunConfig, steps: int, device: torch.device) -> dict[str, f
             "flops_per_token": flops_per_token(model, tc.train_seq_len), "num_parameters": sum(p.numel() for p in model.parameters())}
 
 
-def bench_eval(cfg: RunConfig, device: torch.device, batches: int = 5) -> float:
+def bench_eval(cfg: RunConfig, device: torch.device, min_tokens: int = 65_536) -> float:
+    """Standard-evaluation tokens/s: forwards of eval.batch_tokens, at least 5 and `min_tokens` in all."""
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device).eval()
     seq = cfg.eval_seq_len
     n_seq = max(cfg.eval.batch_tokens // seq, 1)
+    batches = max(5, -(-min_tokens // (n_seq * seq)))
     x = torch.randint(0, cfg.model.vocab_size, (n_seq, seq), device=device)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.eval.dtype, device))
     with torch.inference_mode(), ctx:
