@@ -1,7 +1,8 @@
 """Seconds of the final evaluation of an artifact on this machine, by stride and batch, printed as one JSON object.
 
 Scores ARTIFACT on the validation set its stored config names (as `pgolf eval` does, any `--flags`
-applied) with each stride and `eval.batch_tokens` given, the configurations alternating over
+applied) with each stride and `eval.batch_tokens` given (or, with `--ttt lora`, by per-document
+LoRA TTT at the artifact's `ttt.*` settings), the configurations alternating over
 `--rounds` so that a slow minute of the machine hits them all alike. Each configuration is run
 twice over when `--full-last-layer` is given: as shipped (the last layer and head computed only for
 a window's scored columns) and with the last layer over every column, the evaluation before that
@@ -11,7 +12,7 @@ The targets (issue "Speed"): sliding stride-64 evaluation of the CPU-track valid
 and standard evaluation >= 3x training tokens/s (training tokens/s: benchmarks/throughput.py).
 
     python benchmarks/eval_speed.py ARTIFACT [--strides 256,64] [--batch-tokens 4096,16384] [--rounds 2]
-        [--full-last-layer] [--flags "--eval.max_tokens 65536"] [--out FILE]
+        [--full-last-layer] [--ttt lora] [--flags "--eval.max_tokens 65536"] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,52 +25,65 @@ from typing import Any
 
 import torch
 from jsonout import emit
-from torch import nn
-
 from pgolf.artifact import read_artifact
 from pgolf.cli import _config_stored_in, parse_config
+from pgolf.config import RunConfig
+from pgolf.eval.lora import evaluate_lora
 from pgolf.eval.sliding import evaluate
-from pgolf.scoring import build_model_from_artifact, load_val_data
+from pgolf.model.gpt import GPT
+from pgolf.scoring import ValData, build_model_from_artifact, load_val_data
 
 TARGET_SLIDING_SECONDS = 30.0
+# LoRA TTT adapts with Adam (beta1 0, eps 1e-10): its first step is lr * sign(g), so float rounding in a
+# near-zero gradient entry flips a whole step; two exact computations of the same adaptation differ there.
+LORA_TOLERANCE = 1e-4
 
 
-class FullLastLayer(nn.Module):
+class FullLastLayerGPT(GPT):
     """The model with its last layer run over every column and only then sliced (the earlier evaluation)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    def hidden_states(self, input_ids: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
+        return super().hidden_states(input_ids)[:, keep_from:]
 
-    def per_token_nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.model.per_token_nll(x, y)
 
-    def hidden_states(self, x: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
-        return self.model.hidden_states(x)[:, keep_from:]
+def full_last_layer(model: GPT) -> GPT:
+    """A copy of `model` as FullLastLayerGPT (same weights)."""
+    full = FullLastLayerGPT(model.cfg, attn_backend=model.attn_backend)
+    full.load_state_dict(model.state_dict())
+    return full
 
-    def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.logits_from_hidden(h)
+
+def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt: str) -> float:
+    """val_bpb of one evaluation: sliding windows at (stride, batch), or per-document LoRA TTT (cfg.ttt)."""
+    if ttt == "lora":
+        t = cfg.ttt
+        return evaluate_lora(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, chunk=t.lora_chunk,
+                             batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
+                             seed=cfg.train.seed).bpb
+    return evaluate(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, stride=stride, batch_tokens=batch).bpb
 
 
 def run(artifact: str, flags: list[str], strides: list[int], batches: list[int], rounds: int,
-        full_last_layer: bool) -> dict[str, Any]:
+        with_full_last_layer: bool, ttt: str = "none") -> dict[str, Any]:
     cfg = parse_config(flags, _config_stored_in(read_artifact(artifact).run_config), "eval_speed.py")
     model = build_model_from_artifact(read_artifact(artifact), torch.device("cpu"))
     seq_len = cfg.eval_seq_len
     val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
-    variants = {"shipped": model, **({"full_last_layer": FullLastLayer(model)} if full_last_layer else {})}
+    variants = {"shipped": model, **({"full_last_layer": full_last_layer(model)} if with_full_last_layer else {})}
+    if ttt == "lora":  # one geometry: each document's own prefix, in chunks of ttt.lora_chunk
+        strides, batches = [0], [0]
     keys = [(s, b, v) for s in strides for b in batches for v in variants]
     seconds: dict[tuple[int, int, str], list[float]] = {k: [] for k in keys}
     bpb: dict[tuple[int, int, str], float] = {}
     for _ in range(rounds):
         for stride, batch, variant in keys:
             t = time.perf_counter()
-            r = evaluate(variants[variant], val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=batch)
+            bpb[(stride, batch, variant)] = score(variants[variant], val, cfg, stride, batch, ttt)
             seconds[(stride, batch, variant)].append(time.perf_counter() - t)
-            bpb[(stride, batch, variant)] = r.bpb
+    tolerance = 1e-6 if ttt == "none" else LORA_TOLERANCE
     for stride in strides:
         scores = [v for k, v in bpb.items() if k[0] == stride]
-        if max(scores) - min(scores) > 1e-6:
+        if max(scores) - min(scores) > tolerance:
             raise SystemExit(f"stride {stride}: the variants disagree on val_bpb: {scores}")
     rows = []
     for (stride, batch, variant), secs in seconds.items():
@@ -78,7 +92,7 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
                      "seconds": secs, "best_s": best, "median_s": statistics.median(secs),
                      "scored_tokens_per_s": (val.tokens.numel() - 1) / best})
     sliding = [r["best_s"] for r in rows if r["stride"] == 64 and r["variant"] == "shipped"]
-    return {"benchmark": "eval_speed", "artifact": artifact, "flags": flags, "seq_len": seq_len,
+    return {"benchmark": "eval_speed", "artifact": artifact, "flags": flags, "seq_len": seq_len, "ttt": ttt,
             "validation_tokens": val.tokens.numel() - 1, "threads": torch.get_num_threads(), "rounds": rounds,
             "rows": rows, "best_sliding64_s": min(sliding) if sliding else None,
             "within_target": (min(sliding) <= TARGET_SLIDING_SECONDS) if sliding else None}
@@ -88,15 +102,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact")
     p.add_argument("--strides", default="256,64")
-    p.add_argument("--batch-tokens", default="4096,16384")
+    p.add_argument("--batch-tokens", default="2048,4096,16384")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--full-last-layer", action="store_true", help="also time the last layer over every column")
+    p.add_argument("--ttt", choices=("none", "lora"), default="none",
+                   help="lora: time per-document LoRA TTT (the artifact's ttt settings) instead of sliding windows")
     p.add_argument("--flags", default="", help="pgolf flags applied to the artifact's stored config")
     p.add_argument("--out", default="")
     a = p.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     emit(run(a.artifact, shlex.split(a.flags), ints(a.strides), ints(a.batch_tokens), max(1, a.rounds),
-             a.full_last_layer), a.out)
+             a.full_last_layer, a.ttt), a.out)
 
 
 if __name__ == "__main__":

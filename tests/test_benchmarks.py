@@ -208,3 +208,10 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     for stride in (32, 8):
         assert len({round(r["val_bpb"], 9) for r in rows if r["stride"] == stride}) == 1
     assert result["best_sliding64_s"] is None and result["within_target"] is None  # no stride-64 row asked for
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
+                           "--ttt", "lora", "--rounds", "1", "--full-last-layer", "--flags", "--ttt.lora_chunk 8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lora = json.loads(proc.stdout)
+    assert lora["ttt"] == "lora" and [r["variant"] for r in lora["rows"]] == ["shipped", "full_last_layer"]
+    assert abs(lora["rows"][0]["val_bpb"] - lora["rows"][1]["val_bpb"]) < 1e-6

@@ -15,6 +15,7 @@ from test_ttt import VOCAB, flat_luts, one_thread, tiny_gpt  # noqa: F401  (one_
 from pgolf.eval.bpb import TokenLedger
 from pgolf.eval.lora import (DocumentAdapters, adapt_documents, document_batches, document_rows, document_spans,
                              evaluate_lora, lora_init, lora_targets)
+from pgolf.model.gpt import GPT
 from pgolf.tokenizer import BOS_ID
 
 SETTINGS = dict(seq_len=24, chunk=8, batch_docs=2, lora_rank=2, alpha=4.0)
@@ -108,6 +109,27 @@ def test_adaptation_helps_repetitive_documents_and_leaves_the_model_as_it_was() 
     assert adapted.num_bytes == plain.num_bytes and adapted.bpb < plain.bpb - 0.05
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+class AllColumnsGPT(GPT):
+    """Runs the last layer over every column and slices afterwards: the evaluation before the trim."""
+
+    def hidden_states(self, input_ids: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
+        return super().hidden_states(input_ids)[:, keep_from:]
+
+
+def test_last_layer_on_the_scored_columns_only_scores_and_adapts_alike() -> None:
+    # Each chunk runs the last layer and the head only from the first scored column on; the losses, and so
+    # the gradients the adapters learn from, must be those of the full forward.
+    tokens = doc_stream([70, 45, 31], seed=4)
+    kw = dict(seq_len=24, chunk=8, batch_docs=2, lora_rank=2, alpha=4.0, lr=0.05)
+    got = evaluate_lora(tiny_gpt(), tokens, flat_luts(), **kw)
+    model = tiny_gpt()
+    full = AllColumnsGPT(model.cfg, attn_backend="math")
+    full.load_state_dict(model.state_dict())
+    expected = evaluate_lora(full, tokens, flat_luts(), **kw)
+    assert got.num_tokens == expected.num_tokens and abs(got.bpb - expected.bpb) < 1e-6
+    assert got.bpb != evaluate_lora(tiny_gpt(), tokens, flat_luts(), **{**kw, "lr": 0.0}).bpb  # it did adapt
 
 
 def test_adapters_target_attention_and_mlp_outputs_and_start_as_identity() -> None:

@@ -126,11 +126,13 @@ class DocumentAdapters(nn.Module):
             for h in handles:
                 h.remove()
 
-    def token_nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-token nll (b, T) of the adapted model: full-vocabulary softmax cross-entropy."""
+    def token_nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, col0: int = 0) -> torch.Tensor:
+        """Per-token nll (b, T - col0) of the adapted model from column col0 on (the last layer and the head
+        run only there): full-vocabulary softmax cross-entropy."""
         with self.attached():
-            h = model.hidden_states(x)  # (b, T, C)
-        logits = model.logits_from_hidden(h) + self.head(h).float()  # (b, T, V)
+            h = model.hidden_states(x, keep_from=col0)  # (b, T', C)
+        logits = model.logits_from_hidden(h) + self.head(h).float()  # (b, T', V)
+        y = y[:, col0:]  # (b, T')
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
 
 
@@ -148,9 +150,10 @@ def _score_and_adapt_batch(model: nn.Module, ledger: TokenLedger, view: Adaptati
         num_learning = sum(c + 1 < len(p) for p in plans)  # documents with chunks still to come, a prefix
         rows_dev = torch.from_numpy(rows).to(ledger.device)
         x, y = ledger.window_batch(rows_dev, int(rows[:, 2].max()))  # (b, T) each
+        col0 = int(rows[:, 1].min())  # columns before every row's first scored one are context only
         with torch.set_grad_enabled(num_learning > 0), torch.autocast(ledger.device.type, dtype, autocast_bf16):
-            nll = adapters.token_nll(model, x, y)  # (b, T)
-        ledger.commit(rows, nll, rows_dev)
+            nll = adapters.token_nll(model, x, y, col0)  # (b, T - col0)
+        ledger.commit(rows, nll, rows_dev, col0=col0)
         if num_learning:
             losses, mask = view.release_losses(rows[:num_learning])  # (b', T) each
             per_doc = (losses * mask).sum(1) / mask.sum(1)  # (b',) each document's mean chunk loss
