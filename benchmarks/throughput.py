@@ -11,11 +11,13 @@ parameters, the output head included) + 12 x layers x model_dim x seq_len for at
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 
 import torch
 
+from pgolf.cli import parse_config
 from pgolf.config import RunConfig
 from pgolf.dist import use_bf16
 from jsonout import emit
@@ -121,8 +123,9 @@ def main() -> int:
     ap.add_argument("--matmul-sizes", default="256,512,1024,2048", help="square matmul sizes of the peak sweep")
     ap.add_argument("--out", default="")
     ap.add_argument("--eager", action="store_true", help="do not compile even if the preset does")
+    ap.add_argument("--flags", default="", help="pgolf flags applied to the preset (e.g. \"--optim.muon_batched True\")")
     a = ap.parse_args()
-    cfg = get_preset(a.preset)
+    cfg = parse_config(shlex.split(a.flags), get_preset(a.preset), "throughput.py")
     if a.eager:
         cfg.train.compile = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,6 +138,7 @@ def main() -> int:
     result = {
         "benchmark": "throughput",
         "preset": a.preset,
+        "flags": a.flags,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

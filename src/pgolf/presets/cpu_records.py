@@ -161,13 +161,15 @@ def cpu_record_tuned() -> RunConfig:
 
     The records' optimiser switches (MuonEq-R, weight decay, EMA, late QAT, their learning rates and
     momentum) and their shape switches measured no gain or a loss at a few hundred steps, so this preset
-    keeps cpu-baseline's optimiser (at lower rates) and 7x128 shape."""
+    keeps cpu-baseline's optimiser (at lower rates, its Newton-Schulz batched) and 7x128 shape."""
     return derive(
         cpu_baseline(), name="cpu-record-tuned",
         model=dict(mlp_activation="leaky_relu2"),
         # learning rates 0.7x cpu-baseline's: best of 0.35-1.5x at 270 fixed steps on both seeds, then
         # 1.8113 +- 0.0177 against 1.8656 +- 0.0126 at 600 s over 3 seeds (docs/LOG.md)
-        optim=dict(matrix_lr=0.028, scalar_lr=0.028, tied_embed_lr=0.035),
+        # Newton-Schulz of same-shape matrices as one batched iteration (the same update up to rounding):
+        # the Muon step 58-73 -> 31-33 ms, training 11-14% more tokens/s (docs/LOG.md)
+        optim=dict(matrix_lr=0.028, scalar_lr=0.028, tied_embed_lr=0.035, muon_sharded=True, muon_batched=True),
         # 16 sequences of 256 in one micro-batch: at 180 s (eager, 2 seeds) 16,384 -> 8,192 tokens per step gained
         # 0.08 bpb and 8,192 -> 4,096 another 0.04, at equal tokens per second; at 600 s, where ~1,100 steps no
         # longer limit the run, the preset gains ~0.03 over cpu-baseline before its TTT (docs/LOG.md)
