@@ -6,12 +6,13 @@ LoRA TTT at the artifact's `ttt.*` settings), the configurations alternating ove
 `--rounds` so that a slow minute of the machine hits them all alike. Each configuration is run
 twice over when `--full-last-layer` is given: as shipped (the last layer and head computed only for
 a window's scored columns) and with the last layer over every column, the evaluation before that
-change. Every variant must give the same val_bpb (to 1e-6); the benchmark fails otherwise.
+change. Every variant must give the same val_bpb (sliding windows to 1e-6; LoRA TTT to LORA_TOLERANCE,
+see there); the benchmark fails otherwise.
 
 The targets (issue "Speed"): sliding stride-64 evaluation of the CPU-track validation set <= 30 s,
 and standard evaluation >= 3x training tokens/s (training tokens/s: benchmarks/throughput.py).
 
-    python benchmarks/eval_speed.py ARTIFACT [--strides 256,64] [--batch-tokens 4096,16384] [--rounds 2]
+    python benchmarks/eval_speed.py ARTIFACT [--strides 256,64] [--batch-tokens 2048,4096,16384] [--rounds 2]
         [--full-last-layer] [--ttt lora] [--flags "--eval.max_tokens 65536"] [--out FILE]
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 from jsonout import emit
+
 from pgolf.artifact import read_artifact
 from pgolf.cli import _config_stored_in, parse_config
 from pgolf.config import RunConfig

@@ -155,7 +155,7 @@ def _score_and_adapt_batch(model: nn.Module, ledger: TokenLedger, view: Adaptati
             nll = adapters.token_nll(model, x, y, col0)  # (b, T - col0)
         ledger.commit(rows, nll, rows_dev, col0=col0)
         if num_learning:
-            losses, mask = view.release_losses(rows[:num_learning])  # (b', T) each
+            losses, mask = view.release_losses(rows[:num_learning])  # (b', T - col0) each
             per_doc = (losses * mask).sum(1) / mask.sum(1)  # (b',) each document's mean chunk loss
             opt.zero_grad(set_to_none=True)
             per_doc.sum().backward()
