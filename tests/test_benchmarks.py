@@ -198,13 +198,13 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     torch.manual_seed(0)
     export_model(GPT(cfg.model), cfg, tmp_path / "m.ptz", code_bytes=1_000)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
-                           "--strides", "32,8", "--batch-tokens", "64,256", "--rounds", "2", "--full-last-layer",
+                           "--strides", "32,8", "--batch-tokens", "64", "--rounds", "2", "--full-last-layer",
                            "--out", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result == json.loads((tmp_path / "e.json").read_text()) and result["validation_tokens"] == 576
     rows = result["rows"]
-    assert len(rows) == 2 * 2 * 2 and all(len(r["seconds"]) == 2 and r["best_s"] > 0 for r in rows)
+    assert len(rows) == 2 * 2 and all(len(r["seconds"]) == 2 and r["best_s"] > 0 for r in rows)
     assert {r["variant"] for r in rows} == {"shipped", "full_last_layer"}
     # the benchmark refuses variants that disagree, so every row of a stride carries one score
     for stride in (32, 8):
