@@ -229,8 +229,11 @@ def test_runs_get_their_own_folders_and_never_reuse_one(tiny_run: tuple[Path, su
     root, _ = tiny_run
     flags = ["--preset", "test-tiny", *tiny_flags(root), "--train.iterations", "1", "--train.warmup_steps", "0",
              "--train.val_loss_every", "0"]
-    first, second = pgolf("train", *flags, cwd=root), pgolf("train", *flags, cwd=root)
-    assert first.returncode == 0 and second.returncode == 0, (first.stderr[-2000:], second.stderr[-2000:])
+    # both at once (one core each): two runs started in the same second must still get their own folders
+    procs = [subprocess.Popen([sys.executable, "-m", "pgolf", "train", *flags], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errs]
     made = sorted(p.name for p in (root / "runs").iterdir() if p.name.startswith("test-tiny-"))
     assert len(made) == 2 and made[0] != made[1]
     for run_id in made:
