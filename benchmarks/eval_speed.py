@@ -28,7 +28,7 @@ import torch
 from jsonout import emit
 
 from pgolf.artifact import read_artifact
-from pgolf.cli import _config_stored_in, parse_config
+from pgolf.cli import config_stored_in, parse_config
 from pgolf.config import RunConfig
 from pgolf.eval.lora import evaluate_lora
 from pgolf.eval.sliding import evaluate
@@ -67,8 +67,9 @@ def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt
 
 def run(artifact: str, flags: list[str], strides: list[int], batches: list[int], rounds: int,
         with_full_last_layer: bool, ttt: str = "none") -> dict[str, Any]:
-    cfg = parse_config(flags, _config_stored_in(read_artifact(artifact).run_config), "eval_speed.py")
-    model = build_model_from_artifact(read_artifact(artifact), torch.device("cpu"))
+    loaded = read_artifact(artifact)
+    cfg = parse_config(flags, config_stored_in(loaded.run_config), "eval_speed.py")
+    model = build_model_from_artifact(loaded, torch.device("cpu"))
     seq_len = cfg.eval_seq_len
     val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
     variants = {"shipped": model, **({"full_last_layer": full_last_layer(model)} if with_full_last_layer else {})}

@@ -205,7 +205,7 @@ def cmd_eval(args: list[str]) -> int:
     if not Path(path).exists():
         raise UserError(f"artifact {path} does not exist; train one with `pgolf run --preset cpu-demo`")
     preset, rest = split_preset(rest)
-    default = get_preset(preset) if preset else _config_stored_in(read_artifact(path).run_config)
+    default = get_preset(preset) if preset else config_stored_in(read_artifact(path).run_config)
     cfg = parse_config(rest, default, "pgolf eval ARTIFACT")
     from pgolf.bundle import code_bytes
 
@@ -239,7 +239,7 @@ def _training_record(run_dir: Path) -> tuple[float | None, str | None]:
     return None, None
 
 
-def _config_stored_in(run_config: dict[str, Any]) -> RunConfig:
+def config_stored_in(run_config: dict[str, Any]) -> RunConfig:
     """The run config an artifact was trained with, so `pgolf eval` reuses its data and eval geometry."""
     from pgolf.config import run_config_from_dict
 

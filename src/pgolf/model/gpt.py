@@ -89,8 +89,8 @@ class Block(nn.Module):
         lane0, lane1 = lane0[:, keep_from:], lane1[:, keep_from:]  # (B, T', C)
         mlp_out = self.mlp_scale.to(dt)[None, None, :] * self.mlp(self._norm(lane1))
         p, r = post.to(dt), resid.to(dt)
-        new0 = r[0] * lane0 + p[0, 0] * attn_out + p[1, 0] * mlp_out  # (B, T, C)
-        new1 = r[1] * lane1 + p[0, 1] * attn_out + p[1, 1] * mlp_out  # (B, T, C)
+        new0 = r[0] * lane0 + p[0, 0] * attn_out + p[1, 0] * mlp_out  # (B, T', C)
+        new1 = r[1] * lane1 + p[0, 1] * attn_out + p[1, 1] * mlp_out  # (B, T', C)
         return new0, new1
 
 
