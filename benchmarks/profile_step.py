@@ -9,10 +9,15 @@ alone, beside the best rate of a square sweep measured in the same run. Together
 machine's matmul peak is lost. With compilation on, the inductor's FX-graph cache hits and misses are
 reported: a second run of the same preset shows the cache at work.
 
+With `--eval-strides`, the same for evaluation forwards of the preset's model (eval.batch_tokens windows of
+eval seq_len, scored from column seq_len - stride as the sliding evaluator scores them; random weights),
+eager and, with `--eval-compiled`, under eval.compile: tokens scored per second and self time by group.
+
 Training data: the preset's prepared shards when they exist, else random tokens written to a temporary
 folder (the JSON says which; the speed of a step does not depend on the token values).
 
-    python benchmarks/profile_step.py --preset cpu-record-tuned [--steps 20] [--profile-steps 5] [--eager] [--out F]
+    python benchmarks/profile_step.py --preset cpu-record-tuned [--steps 20] [--profile-steps 5] [--eager]
+        [--eval-strides 256,64 [--eval-compiled] [--eval-batches 8]] [--out F]
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 from pgolf.config import RunConfig  # noqa: E402
 from pgolf.data.shards import MissingShardsError, list_shards, shard_name, write_shard  # noqa: E402
 from pgolf.dist import DistInfo, use_bf16  # noqa: E402
+from pgolf.eval.sliding import token_nll  # noqa: E402
+from pgolf.model.gpt import GPT  # noqa: E402
 from pgolf.presets import get_preset  # noqa: E402
 from pgolf.runlog import cpu_model, peak_memory_bytes  # noqa: E402
 from pgolf.train import Trainer, _sync  # noqa: E402
@@ -186,6 +193,40 @@ def profile_steps(trainer: Trainer, first: int, count: int, dtype: torch.dtype) 
     }
 
 
+def profile_eval(cfg: RunConfig, stride: int, batches: int, compiled: bool) -> dict[str, Any]:
+    """Evaluation forwards of the preset's model, scored from column seq_len - stride: timed, then profiled."""
+    torch.manual_seed(0)
+    model = GPT(cfg.model).eval()
+    seq = cfg.eval_seq_len
+    rows, col0 = max(cfg.eval.batch_tokens // seq, 1), seq - stride
+    x = torch.randint(0, cfg.model.vocab_size, (rows, seq))  # (B, T)
+    run = torch.compile(lambda a, b: token_nll(model, a, b, col0), dynamic=False) if compiled else (
+        lambda a, b: token_nll(model, a, b, col0))
+    with torch.inference_mode():
+        token_nll(model, x, x, col0)  # eager first, as the evaluators do: lazy state (RoPE tables) settles
+        t0 = time.perf_counter()
+        run(x, x)
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            run(x, x)
+        wall_ms = 1000.0 * (time.perf_counter() - t0) / batches
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(batches):
+                run(x, x)
+    groups: dict[str, float] = defaultdict(float)
+    per_op: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        groups[category(ev.key)] += ev.self_cpu_time_total / 1000.0 / batches
+        per_op[ev.key] += ev.self_cpu_time_total / 1000.0 / batches
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
+    return {"stride": stride, "compiled": compiled, "rows": rows, "seq_len": seq, "first_call_s": first_s,
+            "ms_per_batch": wall_ms, "scored_tokens_per_s": rows * stride / (wall_ms / 1000.0),
+            "self_ms_per_batch": dict(sorted(groups.items())),
+            "share_of_wall": {g: v / wall_ms for g, v in sorted(groups.items())},
+            "top_ops": [{"op": k, "self_ms_per_batch": v, "share_of_wall": v / wall_ms} for k, v in top]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-record-tuned")
@@ -193,6 +234,9 @@ def main() -> int:
     ap.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
     ap.add_argument("--matmul-sizes", default="256,512,1024,2048", help="square sizes of the peak sweep")
     ap.add_argument("--eager", action="store_true", help="do not compile even if the preset does")
+    ap.add_argument("--eval-strides", default="", help="also profile evaluation forwards at these strides")
+    ap.add_argument("--eval-compiled", action="store_true", help="profile them under eval.compile too")
+    ap.add_argument("--eval-batches", type=int, default=8, help="evaluation forwards timed, then profiled")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     cfg = get_preset(a.preset)
@@ -250,6 +294,11 @@ def main() -> int:
         "profile": prof,
     }
     result["matmul_share_of_peak_in_step"] = prof["matmul_flops_per_s_in_step"] / sweep["peak"]
+    strides = [int(s) for s in a.eval_strides.split(",") if s]
+    result["eval"] = [profile_eval(cfg, stride, a.eval_batches, compiled) for compiled in
+                      ([False, True] if a.eval_compiled else [False]) for stride in strides]
+    for row in result["eval"]:
+        row["over_train_tokens_per_s"] = row["scored_tokens_per_s"] / tokens_per_s
     emit(result, a.out)
     return 0
 

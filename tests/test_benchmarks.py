@@ -110,7 +110,8 @@ def test_profile_step_counts_matmul_flops_and_groups_ops() -> None:
 def test_profile_step_benchmark_prints_json(tmp_path: Path) -> None:
     out = tmp_path / "profile.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/profile_step.py"), "--preset", "test-tiny",
-                           "--steps", "2", "--profile-steps", "1", "--matmul-sizes", "64", "--eager", "--out", str(out)],
+                           "--steps", "2", "--profile-steps", "1", "--matmul-sizes", "64", "--eager",
+                           "--eval-strides", "32,8", "--eval-batches", "2", "--out", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -127,6 +128,11 @@ def test_profile_step_benchmark_prints_json(tmp_path: Path) -> None:
     assert any(64 in r["a"] + r["b"] for r in prof["matmul_shapes"])
     assert any(k.startswith("Optimizer.step") for k in prof["inclusive_ms_per_step"])
     assert result["matmul_share_of_peak_in_step"] == prof["matmul_flops_per_s_in_step"] / result["matmul_sweep_flops"]["peak"]
+    # evaluation forwards: one row per stride, each scoring `stride` columns of every window
+    ev = result["eval"]
+    assert [(r["stride"], r["compiled"]) for r in ev] == [(32, False), (8, False)]
+    assert all(r["self_ms_per_batch"]["matmul"] > 0 and r["scored_tokens_per_s"] > 0 for r in ev)
+    assert all(r["scored_tokens_per_s"] == pytest.approx(r["rows"] * r["stride"] * 1000 / r["ms_per_batch"]) for r in ev)
 
 
 def test_code_entropy_finds_context_a_memoryless_coder_misses() -> None:
@@ -199,13 +205,15 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     export_model(GPT(cfg.model), cfg, tmp_path / "m.ptz", code_bytes=1_000)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
                            "--strides", "32,8", "--batch-tokens", "64", "--rounds", "2", "--full-last-layer",
-                           "--out", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
+                           "--compiled", "eager", "--out", str(tmp_path / "e.json")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result == json.loads((tmp_path / "e.json").read_text()) and result["validation_tokens"] == 576
     rows = result["rows"]
-    assert len(rows) == 2 * 2 and all(len(r["seconds"]) == 2 and r["best_s"] > 0 for r in rows)
-    assert {r["variant"] for r in rows} == {"shipped", "full_last_layer"}
+    assert len(rows) == 2 * 3 and all(len(r["seconds"]) == 2 and r["best_s"] > 0 for r in rows)
+    assert {r["variant"] for r in rows} == {"shipped", "full_last_layer", "compiled"}
+    assert all((r["compile_s"][0] > 0) == (r["variant"] == "compiled") for r in rows)
     # the benchmark refuses variants that disagree, so every row of a stride carries one score
     for stride in (32, 8):
         assert len({round(r["val_bpb"], 9) for r in rows if r["stride"] == stride}) == 1

@@ -213,3 +213,31 @@ def test_sliding_equals_a_slow_reference_on_a_small_gpt_at_any_length() -> None:
                 ws = max(0, -(-(t - seq_len) // stride) * stride)
                 reference[t] = model.per_token_nll(tokens[None, ws:t], tokens[None, ws + 1: t + 1])[0, -1]
         assert torch.allclose(ledger.token_losses(), reference, atol=2e-5), (seq_len, stride)
+
+
+def test_compiled_scoring_compiles_the_steady_batch_once_and_scores_the_same() -> None:
+    # eval.compile: the first window (scored from column 0) and the short last batches run eager, every other
+    # batch through one compiled graph; a counting backend sees a single compilation and the scores agree.
+    from pgolf.config import ModelConfig
+    from pgolf.model.gpt import GPT
+
+    def fresh() -> GPT:  # same weights, RoPE tables not yet grown
+        torch.manual_seed(0)
+        return GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1)).eval()
+
+    tokens = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(1))  # (N,)
+    no = torch.zeros(64, dtype=torch.bool)
+    table = ByteLuts(torch.ones(64, dtype=torch.int16), no, no)
+    graphs: list[int] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    for stride in (8, 32):  # sliding, and non-overlapping windows (whose first batch is already steady)
+        graphs.clear()
+        eager = evaluate(fresh(), tokens, table, seq_len=32, stride=stride, batch_tokens=96)
+        compiled = evaluate(fresh(), tokens, table, seq_len=32, stride=stride, batch_tokens=96,
+                            compile_backend=counting_backend)
+        assert len(graphs) == 1 and "compile" in compiled.stages and "compile" not in eager.stages, stride
+        assert compiled.num_tokens == eager.num_tokens == 399 and compiled.bpb == pytest.approx(eager.bpb, abs=1e-6)

@@ -160,12 +160,15 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
     run_dir, log = start_run(cfg, info, command, code)
 
     def periodic(model: torch.nn.Module, step: int) -> dict[str, float]:
-        r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, use_bf16(cfg.eval.dtype, info.device))
+        # eager: a periodic check should not pay a compilation inside the training run
+        r = run_eval(model, val, cfg.eval, seq_len, seq_len, info, use_bf16(cfg.eval.dtype, info.device),
+                     compiled=False)
         return {"val_loss": r.loss, "val_bpb": r.bpb}
 
     result = train(cfg, info, log, eval_callback=periodic, trainer=trainer, calibrate=gptq_calibration(cfg))
     pre = run_eval(result.model, val, cfg.eval, seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device), progress=True)
-    log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s")
+    compiled = f" (compile {pre.stages['compile']:.1f} s)" if "compile" in pre.stages else ""
+    log.line(f"pre-quant  val_loss {pre.loss:.6f} | val_bpb {pre.bpb:.6f} | {pre.seconds:.1f} s{compiled}")
 
     artifact_path = run_dir / ARTIFACT_NAME
     if info.is_main:

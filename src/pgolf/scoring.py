@@ -44,12 +44,22 @@ def load_val_data(dataset_dir: str, tokenizer_path: str, vocab_size: int, seq_le
     return ValData(tokens=truncate_for_eval(tokens, seq_len), luts=build_byte_luts(sp, vocab_size), sp=sp)
 
 
+# The torch.compile backend of eval.compile.
+COMPILE_BACKEND = "inductor"
+
+
+def compile_backend(ecfg: EvalConfig) -> str | None:
+    return COMPILE_BACKEND if ecfg.compile else None
+
+
 def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: int, stride: int, info: DistInfo,
-             autocast_bf16: bool, progress: bool = False) -> EvalResult:
-    """Sliding-window evaluation (no adaptation) with the given geometry on this rank's share of the windows."""
+             autocast_bf16: bool, progress: bool = False, compiled: bool = True) -> EvalResult:
+    """Sliding-window evaluation (no adaptation) with the given geometry on this rank's share of the windows,
+    compiled when eval.compile says so and `compiled` allows it."""
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     rank=info.rank, world_size=info.world_size, device=info.device,
-                    autocast_bf16=autocast_bf16, progress=progress and info.is_main)
+                    autocast_bf16=autocast_bf16, progress=progress and info.is_main,
+                    compile_backend=compile_backend(ecfg) if compiled else None)
 
 
 # The evaluation stage each eval.ttt mode runs, as named in the time ledger.
@@ -81,7 +91,7 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
                              seed=cfg.train.seed, **where)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
-                    **where)
+                    compile_backend=compile_backend(ecfg), **where)
 
 
 def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> GPT:

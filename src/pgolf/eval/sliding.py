@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,26 +117,67 @@ def token_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, col0: int = 0)
     return F.cross_entropy(logits.float().flatten(0, 1), y[:, col0:].flatten(), reduction="none").view(y.shape[0], -1)
 
 
+def _batch_keys(rows: np.ndarray, batch_rows: int) -> Iterator[tuple[int, int, tuple[int, int, int]]]:
+    """(start, end, (rows, width, first scored column)) of each batch `score_rows` runs."""
+    for i0, i1 in _batch_slices(rows[:, 2], max(1, batch_rows)):
+        yield i0, i1, (i1 - i0, int(rows[i0, 2]), int(rows[i0:i1, 1].min()))
+
+
+class SteadyCompiled:
+    """`token_nll` through torch.compile (static shapes) for the evaluation's most common batch, every other
+    batch eager: one compilation per evaluation, none for the first window or the last, shorter batches.
+    The first batch of the steady shape also runs eager: it settles the model's lazy state (RoPE tables grown
+    inside a compiled call come back as inference tensors and force a second compilation). The first
+    compiled call's seconds (compilation and one forward) are kept in `compile_seconds`."""
+
+    def __init__(self, model: nn.Module, key: tuple[int, int, int], backend: Any) -> None:
+        self.model, self.key, self.compile_seconds = model, key, 0.0
+        col0 = key[2]
+        self.fn: Callable[..., torch.Tensor] = torch.compile(lambda x, y: token_nll(model, x, y, col0),
+                                                             dynamic=False, backend=backend)
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, col0: int) -> torch.Tensor:
+        if (x.shape[0], x.shape[1], col0) != self.key or self.calls == 0:
+            self.calls += (x.shape[0], x.shape[1], col0) == self.key
+            return token_nll(self.model, x, y, col0)
+        self.calls += 1
+        if self.calls > 2:
+            return self.fn(x, y)
+        t0 = time.perf_counter()
+        out = self.fn(x, y)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.compile_seconds = time.perf_counter() - t0
+        return out
+
+
 def score_rows(model: nn.Module, ledger: TokenLedger, rows: np.ndarray, *, batch_rows: int,
-               autocast_bf16: bool = False, progress: bool = False) -> None:
-    """Score ledger rows in batches of equal width and commit them (call under inference mode, model in eval).
+               autocast_bf16: bool = False, progress: bool = False, compile_backend: Any = None) -> float:
+    """Score ledger rows in batches of equal width and commit them (call under inference mode, model in eval);
+    with `compile_backend` the most common batch shape runs compiled (`SteadyCompiled`). Returns the seconds
+    of the first compiled call (0.0 when nothing compiled).
 
     The rows go to the device once; a batch then needs no host-device synchronisation."""
     if len(rows) == 0:
-        return
+        return 0.0
+    batches = list(_batch_keys(rows, batch_rows))
+    nll_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = lambda x, y, c: token_nll(model, x, y, c)
+    if compile_backend is not None:
+        nll_fn = SteadyCompiled(model, Counter(key for _, _, key in batches).most_common(1)[0][0], compile_backend)
     rows_dev = torch.from_numpy(rows).to(ledger.device)  # (R, 3)
     bar = progress_bar(len(rows), "eval", "win") if progress else None
-    for i0, i1 in _batch_slices(rows[:, 2], max(1, batch_rows)):
+    for i0, i1, (_, width, col0) in batches:
         batch, batch_dev = rows[i0:i1], rows_dev[i0:i1]
-        col0 = int(batch[:, 1].min())
-        x, y = ledger.window_batch(batch_dev, int(batch[0, 2]))  # (B, T) each
+        x, y = ledger.window_batch(batch_dev, width)  # (B, T) each
         with _autocast(ledger.device, autocast_bf16):
-            nll = token_nll(model, x, y, col0)  # (B, T - col0)
+            nll = nll_fn(x, y, col0)  # (B, T - col0)
         ledger.commit(batch, nll, batch_dev, col0=col0)
         if bar is not None:
             bar.update(i1 - i0)
     if bar is not None:
         bar.close()
+    return nll_fn.compile_seconds if isinstance(nll_fn, SteadyCompiled) else 0.0
 
 
 def progress_bar(total: int, desc: str, unit: str) -> tqdm:
@@ -164,20 +206,26 @@ def result_from(totals: BpbTotals, report: LedgerReport | None, t0: float) -> Ev
 
 def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
              batch_tokens: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-             autocast_bf16: bool = False, progress: bool = False) -> EvalResult:
+             autocast_bf16: bool = False, progress: bool = False, compile_backend: Any = None) -> EvalResult:
     """Sliding-window val_bpb over the whole stream through a ledger, windows split across ranks.
 
     `batch_tokens` counts tokens per forward summed over ranks, as eval.batch_tokens does. Every rank
     of a `world_size` process group must call it (the totals and the coverage check are collectives).
+    With `compile_backend` (eval.compile) the steady batch shape runs compiled; the first compiled call's
+    seconds are reported as the `compile` part of the result's stages.
     """
     t0 = time.perf_counter()
     ledger = TokenLedger(tokens, luts, device)
     rows = window_rows(rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size))
     with eval_mode(model):
-        score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),
-                   autocast_bf16=autocast_bf16, progress=progress and rank == 0)
+        compile_seconds = score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),
+                                     autocast_bf16=autocast_bf16, progress=progress and rank == 0,
+                                     compile_backend=compile_backend)
     totals, report = ledger.finish()
-    return result_from(totals, report, t0)
+    result = result_from(totals, report, t0)
+    if compile_backend is not None:
+        result.stages["compile"] = compile_seconds
+    return result
 
 
 def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, batch_tokens: int,
