@@ -186,6 +186,25 @@ def test_compiles_without_graph_breaks() -> None:
     assert abs(loss.item() - math.log(V)) < 0.2
 
 
+@pytest.mark.parametrize("grown", [False, True])
+def test_rope_tables_grown_before_compiling_spare_a_second_graph(grown: bool) -> None:
+    # A table grown inside the first compiled call fails a guard at the second: the trainer grows them first.
+    graphs: list[int] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    model = GPT(tiny())
+    x, y = batch()
+    if grown:
+        model.grow_rope(x.shape[1])
+    compiled = torch.compile(model, dynamic=False, backend=counting_backend)
+    for _ in range(2):
+        compiled(x, y).backward()
+    assert len(graphs) == (1 if grown else 2)
+
+
 def test_a_few_optimiser_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
     model = GPT(tiny())

@@ -220,3 +220,13 @@ def test_depth_recurrence_switches_on_at_its_fraction_with_both_plans_warmed(sha
     # starts at 3/6 = 0.5, fires the switch, and the steps after it run looped.
     assert steps == [False] * (4 * micro) + [True] * (2 * micro)
     assert trainer.model.looping is True
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_compiled_trainer_builds_its_rope_tables_before_the_first_step(shard_dir: Path, compiled: bool) -> None:
+    # grown inside the first compiled step they would force a second compilation at the next one
+    cfg = tiny_cfg(shard_dir)
+    cfg.train.compile = compiled
+    trainer = Trainer(cfg, CPU)
+    lengths = {m.cos_cached.size(0) for m in trainer.model.modules() if hasattr(m, "cos_cached")}
+    assert lengths == ({cfg.train.train_seq_len} if compiled else {0})

@@ -102,6 +102,7 @@ class Trainer:
         self.components: list[Component] = build_components(cfg, self.model)
         wrapped: nn.Module = self.model
         if cfg.train.compile:
+            self.model.grow_rope(cfg.train.train_seq_len)  # else the second step compiles a second graph
             wrapped = torch.compile(wrapped, dynamic=False)
         if info.world_size > 1:
             ids = [info.device.index] if info.device.type == "cuda" else None

@@ -26,7 +26,7 @@ from pgolf.model.attention import CausalSelfAttention, check_backend
 from pgolf.model.documents import Documents, locate_documents
 from pgolf.model.embeddings import (BigramHashEmbedding, SmearGate, ValueEmbedding, embed_input,
                                     reset_token_embedding, token_embedding)
-from pgolf.model.layers import CastedLinear, rms_norm
+from pgolf.model.layers import CastedLinear, Rotary, rms_norm
 from pgolf.model.mlp import MLP
 from pgolf.model.specs import LayerSpec, block_specs, layer_specs, num_encoder_layers, num_skip_weights
 
@@ -203,6 +203,12 @@ class GPT(nn.Module):
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])  # final hidden: the mean of the lanes
         return rms_norm(x[:, keep_from - last_cut:])
+
+    def grow_rope(self, seq_len: int) -> None:
+        """Build every RoPE table for sequences of `seq_len` now (call before compiling; see `Rotary.grow`)."""
+        for module in self.modules():
+            if isinstance(module, Rotary):
+                module.grow(seq_len)
 
     def logits_from_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Softcapped fp32 logits (..., V) from final hidden states (..., C)."""

@@ -109,6 +109,12 @@ class Rotary(nn.Module):
     def _grow(self, seq_len: int) -> None:
         self.cos_cached, self.sin_cached = self._table(1 << max(seq_len - 1, 0).bit_length(), self.inv_freq)
 
+    def grow(self, seq_len: int) -> None:
+        """Cover `seq_len` now, before a compiled graph runs: a table grown inside the first compiled call
+        changes a buffer the graph was guarded on, and the second call compiles again."""
+        if self.cos_cached.size(0) < seq_len:
+            self._grow(seq_len)
+
     def _rescaled(self, seq_len: int) -> None:
         base = ntk_base(self.base, self.rope_dims, seq_len, self.train_seq_len)
         inv_freq = inverse_frequencies(self.rope_dims, base).to(self.inv_freq.device)  # (rd/2,)
