@@ -135,13 +135,13 @@ class SteadyCompiled:
         col0 = key[2]
         self.fn: Callable[..., torch.Tensor] = torch.compile(lambda x, y: token_nll(model, x, y, col0),
                                                              dynamic=False, backend=backend)
-        self.calls = 0
+        self.calls = 0  # steady-shape batches so far
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, col0: int) -> torch.Tensor:
-        if (x.shape[0], x.shape[1], col0) != self.key or self.calls == 0:
-            self.calls += (x.shape[0], x.shape[1], col0) == self.key
+        steady = (x.shape[0], x.shape[1], col0) == self.key
+        self.calls += steady
+        if not steady or self.calls == 1:  # other shapes, and the first steady batch, run eager
             return token_nll(self.model, x, y, col0)
-        self.calls += 1
         if self.calls > 2:
             return self.fn(x, y)
         t0 = time.perf_counter()
