@@ -26,6 +26,7 @@ from helpers_quant import export, small_config, trained_like
 
 from pgolf import artifact
 from pgolf.artifact import pack_header, read_artifact
+from pgolf.config import run_config_from_dict
 from pgolf.errors import UserError
 from pgolf.quant import pack
 from pgolf.quant.layout import TensorPlan, stream_nbytes
@@ -129,6 +130,16 @@ def set_run(section: str, field: str, value: Any) -> Callable[[Header, bytearray
         "run-model-differs", "tokenizer-int", "budget-str", "bits-99", "unknown-field"])
 def test_config_lies_are_named(original: Path, tmp_path: Path, edit: Callable, match: str) -> None:
     refused(rewrite(original, tmp_path / "b.ptz", edit), match)
+
+
+def test_an_artifact_from_before_an_added_field_reads_it_as_the_old_behaviour(original: Path, tmp_path: Path) -> None:
+    # eval.compile came after artifacts were first written: one without it loads, as False; a field
+    # that was always there is still required
+    older = rewrite(original, tmp_path / "older.ptz", lambda h, _: h["run_config"]["eval"].pop("compile"))
+    assert "compile" not in read_artifact(older).run_config["eval"]  # the stored dict, as written
+    assert run_config_from_dict(read_artifact(older).run_config).eval.compile is False
+    refused(rewrite(original, tmp_path / "c.ptz", lambda h, _: h["run_config"]["eval"].pop("stride")),
+            "run_config.eval lacks field 'stride'")
 
 
 @pytest.mark.parametrize("edit,match", [

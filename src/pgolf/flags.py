@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Literal
 
-from pgolf.config import ConfigError, RunConfig, SECTIONS
+from pgolf.config import SECTIONS, ConfigError, EvalConfig, RunConfig
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -93,10 +93,17 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Fields added after configs were first stored, each with the value that does what a config written before
+# it did: a stored section lacking one reads as that value (any other missing field is still refused).
+ADDED_FIELDS: dict[type, dict[str, Any]] = {EvalConfig: {"compile": False}}
+
+
 def section_from_dict(cls: type, data: Any, where: str) -> Any:
-    """One config section rebuilt from a stored dict: every field present, typed, nothing unknown."""
+    """One config section rebuilt from a stored dict: every field present (but `ADDED_FIELDS`), typed,
+    nothing unknown."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} is not an object")
+    data = {**ADDED_FIELDS.get(cls, {}), **data}
     types = field_types(cls)
     unknown = sorted(set(data) - set(types))
     missing = sorted(set(types) - set(data))
