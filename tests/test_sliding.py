@@ -241,3 +241,33 @@ def test_compiled_scoring_compiles_the_steady_batch_once_and_scores_the_same() -
                             compile_backend=counting_backend)
         assert len(graphs) == 1 and "compile" in compiled.stages and "compile" not in eager.stages, stride
         assert compiled.num_tokens == eager.num_tokens == 399 and compiled.bpb == pytest.approx(eager.bpb, abs=1e-6)
+
+
+def test_eval_compile_reaches_the_scored_and_pre_quant_evaluations_but_not_the_periodic_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgolf import scoring
+    from pgolf.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from pgolf.dist import DistInfo
+    from pgolf.model.gpt import GPT
+
+    graphs: list[int] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    monkeypatch.setattr(scoring, "COMPILE_BACKEND", counting_backend)
+    no = torch.zeros(64, dtype=torch.bool)
+    val = scoring.ValData(tokens=torch.randint(0, 64, (257,), generator=torch.Generator().manual_seed(2)),
+                          luts=ByteLuts(torch.ones(64, dtype=torch.int16), no, no), sp=None)
+    cfg = RunConfig(model=ModelConfig(vocab_size=64, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1),
+                    train=TrainConfig(train_seq_len=32, train_batch_tokens=64, grad_accum_steps=1),
+                    eval=EvalConfig(batch_tokens=64, compile=True)).validate()
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    model = GPT(cfg.model)
+    periodic = scoring.run_eval(model, val, cfg.eval, 32, 32, info, False, compiled=False)
+    assert not graphs and "compile" not in periodic.stages
+    pre = scoring.run_eval(model, val, cfg.eval, 32, 32, info, False)
+    scored = scoring.evaluate_model(model, val, cfg, info)
+    assert "compile" in pre.stages and "compile" in scored.stages and graphs
+    assert pre.bpb == pytest.approx(periodic.bpb, abs=1e-6) and scored.bpb == pytest.approx(pre.bpb, abs=1e-6)
