@@ -7,8 +7,8 @@ LoRA TTT at the artifact's `ttt.*` settings), the configurations alternating ove
 twice over when `--full-last-layer` is given: as shipped (the last layer and head computed only for
 a window's scored columns) and with the last layer over every column, the evaluation before that
 change; with `--compiled`, also as shipped under `eval.compile` (torch.compile of the steady batch shape;
-the seconds include the compilation, reported apart as `compile_s`). Every variant must give the same val_bpb (sliding windows to 1e-6; LoRA TTT to LORA_TOLERANCE,
-see there); the benchmark fails otherwise.
+the seconds include the compilation, reported apart as `compile_s`). Every variant must give the same
+val_bpb (sliding windows to 1e-6; LoRA TTT to LORA_TOLERANCE, see there); the benchmark fails otherwise.
 
 The targets (issue "Speed"): sliding stride-64 evaluation of the CPU-track validation set <= 30 s,
 and standard evaluation >= 3x training tokens/s (training tokens/s: benchmarks/throughput.py).
