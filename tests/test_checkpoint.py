@@ -92,6 +92,11 @@ def test_config_difference_names_the_field() -> None:
     assert config_difference(a, b) is None  # place fields ignored; tuples compare as JSON lists
     b["train"]["seed"] = 2
     assert config_difference(a, b) == "train.seed: 1 -> 2"
+    # a checkpoint from before eval.compile existed reads it as False (pgolf.flags.ADDED_FIELDS)
+    old, new = {"eval": {"stride": 0}}, {"eval": {"stride": 0, "compile": False}}
+    assert config_difference(old, new) is None
+    new["eval"]["compile"] = True
+    assert config_difference(old, new) == "eval.compile: False -> True"
 
 
 class StopAt(Component):

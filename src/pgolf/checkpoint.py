@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgolf.config import SECTIONS
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
+from pgolf.flags import ADDED_FIELDS
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "pgolf-train-checkpoint-1"
@@ -173,6 +175,9 @@ def config_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | 
     id and folder), as 'flag: stored -> current'; None when they agree."""
     # Compare as JSON sees them (a tuple field reads back as a list).
     stored, current = json.loads(json.dumps(stored)), json.loads(json.dumps(current))
+    for name, cls in SECTIONS.items():  # a field added since the checkpoint was written reads as its old value
+        if isinstance(stored.get(name), dict):
+            stored[name] = {**ADDED_FIELDS.get(cls, {}), **stored[name]}
     keys = sorted((set(stored) | set(current)) - set(_PLACE_FIELDS))
     for key in keys:
         a, b = stored.get(key), current.get(key)
