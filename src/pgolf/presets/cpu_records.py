@@ -161,14 +161,10 @@ def cpu_record_tuned() -> RunConfig:
 
     The records' optimiser switches (MuonEq-R, weight decay, EMA, late QAT, their learning rates and
     momentum) and their shape switches measured no gain or a loss at a few hundred steps, so this preset
-    keeps cpu-baseline's optimiser (at lower rates, its Newton-Schulz batched) and 7x128 shape, with its
-    attention as 2 heads of 64 (the same parameters; the CPU attention kernel is faster on wider heads)."""
+    keeps cpu-baseline's optimiser (at lower rates, its Newton-Schulz batched) and 7x128 shape."""
     return derive(
         cpu_baseline(), name="cpu-record-tuned",
-        # 2 query heads of 64 and one shared K/V head instead of 4 of 32 and 2: attention 20% faster forward
-        # and backward, 7-8% more steps in 600 s, and 0.012 / 0.018 bpb lower on the seeds paired so far
-        # (1337, 42; docs/LOG.md)
-        model=dict(mlp_activation="leaky_relu2", num_heads=2, num_kv_heads=1),
+        model=dict(mlp_activation="leaky_relu2"),
         # learning rates 0.7x cpu-baseline's: best of 0.35-1.5x at 270 fixed steps on both seeds, then
         # 1.8113 +- 0.0177 against 1.8656 +- 0.0126 at 600 s over 3 seeds (docs/LOG.md)
         # Newton-Schulz of same-shape matrices as one batched iteration (the same update up to rounding):
