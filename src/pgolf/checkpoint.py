@@ -28,7 +28,7 @@ import torch
 from pgolf.config import SECTIONS
 from pgolf.errors import UserError
 from pgolf.fileio import write_bytes_atomic
-from pgolf.flags import ADDED_FIELDS
+from pgolf.flags import with_added_fields
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "pgolf-train-checkpoint-1"
@@ -177,7 +177,7 @@ def config_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | 
     stored, current = json.loads(json.dumps(stored)), json.loads(json.dumps(current))
     for name, cls in SECTIONS.items():  # a field added since the checkpoint was written reads as its old value
         if isinstance(stored.get(name), dict):
-            stored[name] = {**ADDED_FIELDS.get(cls, {}), **stored[name]}
+            stored[name] = with_added_fields(cls, stored[name])
     keys = sorted((set(stored) | set(current)) - set(_PLACE_FIELDS))
     for key in keys:
         a, b = stored.get(key), current.get(key)

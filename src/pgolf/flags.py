@@ -98,12 +98,17 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
 ADDED_FIELDS: dict[type, dict[str, Any]] = {EvalConfig: {"compile": False}}
 
 
+def with_added_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A stored section of `cls` with the fields it predates filled in (`ADDED_FIELDS`)."""
+    return {**ADDED_FIELDS.get(cls, {}), **data}
+
+
 def section_from_dict(cls: type, data: Any, where: str) -> Any:
     """One config section rebuilt from a stored dict: every field present (but `ADDED_FIELDS`), typed,
     nothing unknown."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} is not an object")
-    data = {**ADDED_FIELDS.get(cls, {}), **data}
+    data = with_added_fields(cls, data)
     types = field_types(cls)
     unknown = sorted(set(data) - set(types))
     missing = sorted(set(types) - set(data))
