@@ -12,8 +12,10 @@ val_bpb (sliding windows to 1e-6; LoRA TTT to LORA_TOLERANCE, see there); the be
 
 The targets (issue "Speed"): sliding stride-64 evaluation of the CPU-track validation set <= 30 s,
 and standard evaluation >= 3x training tokens/s (training tokens/s: benchmarks/throughput.py).
+Under torchrun the sliding windows are split across the processes (gloo on CPU) as `pgolf eval`
+splits them; rank 0 prints the JSON, whose `world_size` and `threads` (per process) say how it ran.
 
-    python benchmarks/eval_speed.py ARTIFACT [--strides 256,64] [--batch-tokens 2048,4096,16384] [--rounds 2]
+    [torchrun --standalone --nproc_per_node=2] python benchmarks/eval_speed.py ARTIFACT [--strides 256,64] [--batch-tokens 2048,4096,16384] [--rounds 2]
         [--full-last-layer] [--compiled [BACKEND]] [--ttt lora] [--flags "--eval.max_tokens 65536"] [--out FILE]
 """
 
@@ -28,13 +30,15 @@ from typing import Any
 import torch
 from jsonout import emit
 
+from pgolf import dist
 from pgolf.artifact import read_artifact
-from pgolf.cli import config_stored_in, parse_config
+from pgolf.cli import config_stored_in
 from pgolf.config import RunConfig
 from pgolf.eval.lora import evaluate_lora
 from pgolf.eval.sliding import evaluate
 from pgolf.model.gpt import GPT
 from pgolf.scoring import COMPILE_BACKEND, ValData, build_model_from_artifact, load_val_data
+from pgolf.verbargs import parse_config
 
 TARGET_SLIDING_SECONDS = 30.0
 # LoRA TTT adapts with Adam (beta1 0, eps 1e-10): its first step is lr * sign(g), so float rounding in a
@@ -57,7 +61,7 @@ def full_last_layer(model: GPT) -> GPT:
 
 
 def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt: str,
-          backend: str | None = None) -> tuple[float, float]:
+          backend: str | None = None, info: dist.DistInfo | None = None) -> tuple[float, float]:
     """(val_bpb, compile seconds) of one evaluation: sliding windows at (stride, batch), compiled with
     `backend` if given, or per-document LoRA TTT (cfg.ttt)."""
     if ttt == "lora":
@@ -65,13 +69,18 @@ def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt
         return evaluate_lora(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, chunk=t.lora_chunk,
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
                              seed=cfg.train.seed).bpb, 0.0
+    rank, world_size = (info.rank, info.world_size) if info is not None else (0, 1)
     r = evaluate(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, stride=stride, batch_tokens=batch,
-                 compile_backend=backend)
+                 rank=rank, world_size=world_size, compile_backend=backend)
     return r.bpb, r.stages.get("compile", 0.0)
 
 
 def run(artifact: str, flags: list[str], strides: list[int], batches: list[int], rounds: int,
-        with_full_last_layer: bool, ttt: str = "none", compiled: str = "") -> dict[str, Any]:
+        with_full_last_layer: bool, ttt: str = "none", compiled: str = "",
+        info: dist.DistInfo | None = None) -> dict[str, Any]:
+    world_size = info.world_size if info is not None else 1
+    if ttt == "lora" and world_size > 1:
+        raise SystemExit("--ttt lora times one process; run it without torchrun")
     loaded = read_artifact(artifact)
     cfg = parse_config(flags, config_stored_in(loaded.run_config), "eval_speed.py")
     model = build_model_from_artifact(loaded, torch.device("cpu"))
@@ -92,7 +101,7 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
         for stride, batch, variant in keys:
             t = time.perf_counter()
             bpb[(stride, batch, variant)], c = score(variants[variant][0], val, cfg, stride, batch, ttt,
-                                                     variants[variant][1])
+                                                     variants[variant][1], info)
             seconds[(stride, batch, variant)].append(time.perf_counter() - t)
             compile_s[(stride, batch, variant)].append(c)
     tolerance = 1e-6 if ttt == "none" else LORA_TOLERANCE
@@ -112,7 +121,8 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
     sliding = [r["seconds"][0] if r["variant"] == "compiled" else r["best_s"] for r in rows
                if r["stride"] == 64 and r["variant"] in ("shipped", "compiled")]
     return {"benchmark": "eval_speed", "artifact": artifact, "flags": flags, "seq_len": seq_len, "ttt": ttt,
-            "validation_tokens": val.tokens.numel() - 1, "threads": torch.get_num_threads(), "rounds": rounds,
+            "validation_tokens": val.tokens.numel() - 1, "world_size": world_size,
+            "threads": torch.get_num_threads(), "rounds": rounds,
             "rows": rows, "best_sliding64_s": min(sliding) if sliding else None,
             "within_target": (min(sliding) <= TARGET_SLIDING_SECONDS) if sliding else None}
 
@@ -133,8 +143,12 @@ def main() -> None:
     p.add_argument("--out", default="")
     a = p.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    emit(run(a.artifact, shlex.split(a.flags), ints(a.strides), ints(a.batch_tokens), max(1, a.rounds),
-             a.full_last_layer, a.ttt, a.compiled), a.out)
+    info = dist.init("cpu")
+    result = run(a.artifact, shlex.split(a.flags), ints(a.strides), ints(a.batch_tokens), max(1, a.rounds),
+                 a.full_last_layer, a.ttt, a.compiled, info)
+    if info.is_main:
+        emit(result, a.out)
+    dist.shutdown()
 
 
 if __name__ == "__main__":

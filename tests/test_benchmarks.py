@@ -218,6 +218,16 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     for stride in (32, 8):
         assert len({round(r["val_bpb"], 9) for r in rows if r["stride"] == stride}) == 1
     assert result["best_sliding64_s"] is None and result["within_target"] is None  # no stride-64 row asked for
+    # under torchrun the windows are split across 2 gloo processes: the same scores, rank 0 prints
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"), "--strides", "32,8",
+                           "--batch-tokens", "128", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    assert two["world_size"] == 2 and result["world_size"] == 1
+    for stride in (32, 8):
+        one_proc = next(r["val_bpb"] for r in rows if r["stride"] == stride)
+        assert abs(next(r["val_bpb"] for r in two["rows"] if r["stride"] == stride) - one_proc) < 1e-6
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
                            "--ttt", "lora", "--rounds", "1", "--full-last-layer", "--flags", "--ttt.lora_chunk 8"],
                           capture_output=True, text=True, timeout=300)
