@@ -19,7 +19,6 @@ import time
 
 import torch
 
-from pgolf.cli import parse_config
 from pgolf.config import RunConfig
 from pgolf.dist import use_bf16
 from jsonout import emit
@@ -29,6 +28,7 @@ from pgolf.optim.groups import build_optimizers
 from pgolf.optim.schedule import apply_lr
 from pgolf.presets import get_preset
 from pgolf.runlog import cpu_model, peak_memory_bytes
+from pgolf.verbargs import parse_config
 
 
 def matmul_peak(sizes: list[int], dtype: torch.dtype, device: torch.device, seconds: float) -> dict[str, float]:

@@ -12,8 +12,8 @@ import torch
 
 from pgolf.bundle import code_bytes
 from pgolf.cli import main
-from pgolf.inspect import (StepTiming, format_report, inspect_config, steps_in_budget, technique_states,
-                           time_steps)
+from pgolf.inspect import format_report, inspect_config, technique_states
+from pgolf.steptime import StepTiming, steps_in_budget, time_steps
 from pgolf.model.gpt import GPT, count_parameters
 from pgolf.presets import derive, get_preset
 

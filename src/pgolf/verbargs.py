@@ -1,5 +1,6 @@
-"""Argument handling for the verbs that take folders and a few flags rather than a run config
-(`pgolf compare`, `export-record`, `verify`, `report`, and `seeds`' own flags): argparse whose
+"""Argument handling for the verbs: a run config from `--preset NAME` and `--section.field VALUE` flags
+(with `--help` listing them); and, for the verbs that take folders and a few flags rather than a run
+config (`pgolf compare`, `export-record`, `verify`, `report`, and `seeds`' own flags), argparse whose
 mistakes are one-line UserErrors, and helpers that pull single flags or `--section.field` overrides
 out of an argument list."""
 
@@ -8,11 +9,59 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from pgolf.config import RunConfig
 from pgolf.errors import UserError
+from pgolf.presets import PRESETS, get_preset
+
+DEFAULT_PRESET = "cpu-demo"
 
 
 def wants_help(args: list[str]) -> bool:
     return any(a in ("-h", "--help") for a in args)
+
+
+def print_config_help(usage: str, default: RunConfig) -> None:
+    from pgolf.helptext import config_help
+
+    print(config_help(default, usage, list(PRESETS)))
+
+
+def parse_config(args: list[str], default: RunConfig, prog: str) -> RunConfig:
+    """Apply `--section.field` overrides to a preset; a bad flag or value is a one-line ConfigError."""
+    from pgolf.flags import apply_overrides
+
+    return apply_overrides(default, args)
+
+
+def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    """Pull `--preset NAME` (or `--preset=NAME`) out of the argument list."""
+    rest: list[str] = []
+    preset = None
+    i = 0
+    while i < len(args):
+        if args[i] == "--preset":
+            if i + 1 >= len(args):
+                raise UserError(f"--preset needs a name; choose one of: {', '.join(PRESETS)}")
+            preset, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--preset="):
+            preset = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return preset, rest
+
+
+def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig | None:
+    """The preset with the flags applied, or None after printing the help when it was asked for."""
+    preset, rest = split_preset(args)
+    if wants_help(rest):
+        print_config_help(f"usage: {prog} --preset NAME [--section.field VALUE ...]",
+                          get_preset(preset or DEFAULT_PRESET))
+        return None
+    if preset is None and require_preset:
+        raise UserError(f"{prog} needs --preset NAME; choose one of: {', '.join(PRESETS)}")
+    return parse_config(rest, get_preset(preset or DEFAULT_PRESET), prog)
 
 
 class VerbParser(argparse.ArgumentParser):
