@@ -73,7 +73,10 @@ _HEADER_LEN = struct.Struct("<I")
 SCORING_MODULES: tuple[str, ...] = (
     "__init__.py",
     "artifact.py",
-    "config.py",
+    "config/__init__.py",
+    "config/checks.py",
+    "config/model.py",
+    "config/quant.py",
     "flags.py",
     "errors.py",
     "fileio.py",

@@ -1,5 +1,5 @@
 """Help text for the command line: every flag with its type, default and the one-line doc written
-under its field in `config.py` (attribute docstrings, read from the source with `ast`).
+under its field in `pgolf.config` (attribute docstrings, read from the source with `ast`).
 
 Kept apart from the flag parser so the shipped single-file bundle does not carry the help.
 """

@@ -22,7 +22,8 @@ import zstandard
 from torch import Tensor
 
 from pgolf.artifact import COMPRESSORS, FORMAT_VERSION, pack_header, payload_bytes
-from pgolf.config import COMPRESSOR_LEVELS, ConfigError
+from pgolf.config import ConfigError
+from pgolf.config.quant import COMPRESSOR_LEVELS
 from pgolf.quant.layout import QuantizedTensor, TensorPlan, stream_specs
 
 BEST_LEVELS = {"zlib": 9, "zstd": 22, "brotli": 11, "lzma": 9}  # `best` tries these, smallest wins, ties in order
