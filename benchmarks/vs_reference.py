@@ -9,7 +9,8 @@ with the same optimisers (Muon for the 2-D block matrices, Adam for the rest, th
 rates), eager or both compiled, in alternating rounds; each side's tokens/s is the best of its rounds,
 and the loss curves are compared step by step.
 
-    python benchmarks/vs_reference.py [--preset cpu-baseline] [--steps 10] [--rounds 2] [--eager] [--script PATH] [--out FILE]
+    python benchmarks/vs_reference.py [--preset cpu-baseline] [--steps 10] [--rounds 2] [--eager] [--script PATH]
+        [--dtype float32] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.util
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +131,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--eager", action="store_true", help="do not compile (both sides)")
     ap.add_argument("--script", default="", help="a local copy of the challenge's train_gpt.py")
+    ap.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="",
+                    help="the compute dtype of both sides (default: the preset's train.dtype; float32 compares the "
+                         "loss curves exactly, bfloat16 autocast only to its rounding)")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     run = get_preset(a.preset)
+    if a.dtype:
+        run = replace(run, train=replace(run.train, dtype=a.dtype))
     torch.manual_seed(0)
     ours = GPT(run.model)
     what, ref = reference_model(run.model, Path(a.script) if a.script else None)

@@ -262,7 +262,7 @@ def test_eval_compile_reaches_the_scored_and_pre_quant_evaluations_but_not_the_p
                           luts=ByteLuts(torch.ones(64, dtype=torch.int16), no, no), sp=None)
     cfg = RunConfig(model=ModelConfig(vocab_size=64, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1),
                     train=TrainConfig(train_seq_len=32, train_batch_tokens=64, grad_accum_steps=1),
-                    eval=EvalConfig(batch_tokens=64, compile=True))
+                    eval=EvalConfig(batch_tokens=64, compile=True, dtype="float32"))  # as run_eval's False above
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     model = GPT(cfg.model)
     periodic = scoring.run_eval(model, val, cfg.eval, 32, 32, info, False, compiled=False)
