@@ -1,7 +1,7 @@
 """Seconds of the final evaluation of an artifact on this machine, by stride and batch, printed as one JSON object.
 
 Scores ARTIFACT on the validation set its stored config names (as `pgolf eval` does, any `--flags`
-applied) with each stride and `eval.batch_tokens` given (or, with `--ttt lora`, by per-document
+applied, in the dtype eval.dtype resolves to: bfloat16 autocast where the CPU has it natively) with each stride and `eval.batch_tokens` given (or, with `--ttt lora`, by per-document
 LoRA TTT at the artifact's `ttt.*` settings), the configurations alternating over
 `--rounds` so that a slow minute of the machine hits them all alike. Each configuration is run
 twice over when `--full-last-layer` is given: as shipped (the last layer and head computed only for
@@ -34,6 +34,7 @@ from pgolf import dist
 from pgolf.artifact import read_artifact
 from pgolf.cli import config_stored_in
 from pgolf.config import RunConfig
+from pgolf.dist import use_bf16
 from pgolf.eval.lora import evaluate_lora
 from pgolf.eval.sliding import evaluate
 from pgolf.model.gpt import GPT
@@ -64,14 +65,15 @@ def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt
           backend: str | None = None, info: dist.DistInfo | None = None) -> tuple[float, float]:
     """(val_bpb, compile seconds) of one evaluation: sliding windows at (stride, batch), compiled with
     `backend` if given, or per-document LoRA TTT (cfg.ttt)."""
+    bf16 = use_bf16(cfg.eval.dtype, torch.device("cpu"))  # eval.dtype as `pgolf eval` resolves it
     if ttt == "lora":
         t = cfg.ttt
         return evaluate_lora(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, chunk=t.lora_chunk,
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
-                             seed=cfg.train.seed).bpb, 0.0
+                             seed=cfg.train.seed, autocast_bf16=bf16).bpb, 0.0
     rank, world_size = (info.rank, info.world_size) if info is not None else (0, 1)
     r = evaluate(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, stride=stride, batch_tokens=batch,
-                 rank=rank, world_size=world_size, compile_backend=backend)
+                 rank=rank, world_size=world_size, autocast_bf16=bf16, compile_backend=backend)
     return r.bpb, r.stages.get("compile", 0.0)
 
 
@@ -122,6 +124,7 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
                if r["stride"] == 64 and r["variant"] in ("shipped", "compiled")]
     return {"benchmark": "eval_speed", "artifact": artifact, "flags": flags, "seq_len": seq_len, "ttt": ttt,
             "validation_tokens": val.tokens.numel() - 1, "world_size": world_size,
+            "bf16": use_bf16(cfg.eval.dtype, torch.device("cpu")),
             "threads": torch.get_num_threads(), "rounds": rounds,
             "rows": rows, "best_sliding64_s": min(sliding) if sliding else None,
             "within_target": (min(sliding) <= TARGET_SLIDING_SECONDS) if sliding else None}

@@ -71,13 +71,16 @@ def test_calibration_benchmark_prints_json(tmp_path: Path) -> None:
 def test_vs_reference_benchmark_trains_both_sides_on_the_same_curve(tmp_path: Path) -> None:
     out = tmp_path / "vs.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/vs_reference.py"), "--preset", "test-tiny",
-                           "--steps", "2", "--rounds", "2", "--eager", "--out", str(out)],
+                           "--steps", "2", "--rounds", "2", "--eager", "--dtype", "float32", "--out", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result == json.loads(out.read_text())
     assert result["same_init"] and len(result["pgolf_losses"]) == len(result["reference_losses"]) == 4
-    # the frozen reference is the baseline model itself: same weights, batches and optimisers, same losses
+    # the frozen reference is the baseline model itself: same weights, batches and optimisers, same losses (in
+    # float32; a machine with native bfloat16 would otherwise train both sides in autocast, equal only to its
+    # rounding, which the two sides' different orders of operations reach differently)
+    assert result["bf16"] is False
     assert result["loss_max_abs_diff"] < 1e-4
     assert result["speedup"] == result["pgolf_tokens_per_s"] / result["reference_tokens_per_s"] > 0
 
@@ -235,3 +238,20 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     lora = json.loads(proc.stdout)
     assert lora["ttt"] == "lora" and [r["variant"] for r in lora["rows"]] == ["shipped", "full_last_layer"]
     assert abs(lora["rows"][0]["val_bpb"] - lora["rows"][1]["val_bpb"]) < 1e-6
+
+
+def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Path) -> None:
+    # the eager torch.compile backend: the variants' plumbing without inductor's compile time
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--preset", "test-tiny",
+                           "--stride", "16", "--windows", "4", "--rounds", "2", "--repeats", "1", "--backend", "eager", "--dtype", "float32",
+                           "--out", str(tmp_path / "f.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads((tmp_path / "f.json").read_text())
+    variants = {"eager", "compiled", "math", "regional", "threads"}
+    assert set(result["ms_per_forward"]) == variants and all(len(t) == 2 for t in result["ms_per_forward"].values())
+    assert all(d < 1e-4 for d in result["max_abs_diff_vs_eager"].values()) and result["seq_len"] == 64
+    assert result["bf16"] is False  # --dtype float32: every path computes the same numbers to rounding
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--variants", "eager,fast"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "fast" in proc.stderr
