@@ -208,7 +208,7 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     export_model(GPT(cfg.model), cfg, tmp_path / "m.ptz", code_bytes=1_000)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"),
                            "--strides", "32,8", "--batch-tokens", "64", "--rounds", "2", "--full-last-layer",
-                           "--compiled", "eager", "--out", str(tmp_path / "e.json")],
+                           "--compiled", "eager", "--flags", "--eval.dtype float32", "--out", str(tmp_path / "e.json")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -224,10 +224,11 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     # under torchrun the windows are split across 2 gloo processes: the same scores, rank 0 prints
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "benchmarks/eval_speed.py"), str(tmp_path / "m.ptz"), "--strides", "32,8",
-                           "--batch-tokens", "128", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+                           "--batch-tokens", "128", "--rounds", "1", "--flags", "--eval.dtype float32"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
-    assert two["world_size"] == 2 and result["world_size"] == 1
+    assert two["world_size"] == 2 and result["world_size"] == 1 and result["bf16"] is two["bf16"] is False
     for stride in (32, 8):
         one_proc = next(r["val_bpb"] for r in rows if r["stride"] == stride)
         assert abs(next(r["val_bpb"] for r in two["rows"] if r["stride"] == stride) - one_proc) < 1e-6
