@@ -198,6 +198,9 @@ ROWS: dict[str, Row] = {
                           lambda r: "model.tied_embed_init_std"),
     "mlp-mult-nan": (lambda r: train_args(r, "good", "--model.mlp_mult", "nan"), lambda r: "model.mlp_mult"),
     "seed-negative": (lambda r: train_args(r, "good", "--train.seed", "-1"), lambda r: "train.seed"),
+    # a flag that takes a value, given none
+    "preset-without-name": (lambda r: ["train", "--preset"], lambda r: "--preset needs a name"),
+    "resume-without-folder": (lambda r: ["train", "--resume"], lambda r: "--resume needs the run folder"),
     # out_dir: probed before data preparation (embedded data under a fresh root would be prepared first)
     "out-dir-file-train": (lambda r: train_args(r, out_dir=r / "afile"),
                            lambda r: str(r / "afile")),

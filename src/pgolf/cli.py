@@ -35,7 +35,7 @@ from pgolf.config import ConfigError, RunConfig
 from pgolf.errors import UserError
 from pgolf.presets import PRESETS, get_preset
 from pgolf.verbargs import (DEFAULT_PRESET, config_from_args, parse_config, print_config_help, split_preset,
-                            wants_help)
+                            take_flag, wants_help)
 
 USAGE = ("usage: pgolf {prepare,train,eval,run,bundle,inspect,data,presets} [--preset NAME] "
          "[--section.field VALUE ...]")
@@ -63,21 +63,7 @@ def cmd_prepare(args: list[str]) -> int:
 
 def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
     """Pull `--resume RUN_DIR` (or `--resume=RUN_DIR`) out of the argument list."""
-    rest: list[str] = []
-    run_dir = None
-    i = 0
-    while i < len(args):
-        if args[i] == "--resume":
-            if i + 1 >= len(args):
-                raise UserError("--resume needs the run folder: pgolf train --resume runs/NAME")
-            run_dir, i = args[i + 1], i + 2
-            continue
-        if args[i].startswith("--resume="):
-            run_dir = args[i].split("=", 1)[1]
-        else:
-            rest.append(args[i])
-        i += 1
-    return run_dir, rest
+    return take_flag(args, "--resume", "--resume needs the run folder: pgolf train --resume runs/NAME")
 
 
 def resume_config(run_dir: str, args: list[str]) -> tuple[RunConfig, Path]:
@@ -408,7 +394,6 @@ def cmd_inspect(args: list[str]) -> int:
     """Parameters, estimated artifact bytes, step time and the record's techniques of a config, before training."""
     from pgolf.inspect import format_report, inspect_config, report_json
     from pgolf.runlog import write_json_atomic
-    from pgolf.verbargs import take_flag
 
     steps, rest = take_flag(args, "--steps")
     probe, rest = take_flag(rest, "--probe-seqs")

@@ -35,21 +35,7 @@ def parse_config(args: list[str], default: RunConfig, prog: str) -> RunConfig:
 
 def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
     """Pull `--preset NAME` (or `--preset=NAME`) out of the argument list."""
-    rest: list[str] = []
-    preset = None
-    i = 0
-    while i < len(args):
-        if args[i] == "--preset":
-            if i + 1 >= len(args):
-                raise UserError(f"--preset needs a name; choose one of: {', '.join(PRESETS)}")
-            preset, i = args[i + 1], i + 2
-            continue
-        if args[i].startswith("--preset="):
-            preset = args[i].split("=", 1)[1]
-        else:
-            rest.append(args[i])
-        i += 1
-    return preset, rest
+    return take_flag(args, "--preset", f"--preset needs a name; choose one of: {', '.join(PRESETS)}")
 
 
 def config_from_args(args: list[str], prog: str, require_preset: bool = False) -> RunConfig | None:
@@ -79,15 +65,16 @@ def parse_verb(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Nam
     return parser.parse_args(args)
 
 
-def take_flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
-    """Pull `--name VALUE` (or `--name=VALUE`) out of an argument list."""
+def take_flag(args: list[str], name: str, missing: str = "") -> tuple[str | None, list[str]]:
+    """Pull `--name VALUE` (or `--name=VALUE`) out of an argument list; a `--name` with no value after it is a
+    UserError (`missing`, or "--name needs a value")."""
     rest: list[str] = []
     value = None
     i = 0
     while i < len(args):
         if args[i] == name:
             if i + 1 >= len(args):
-                raise UserError(f"{name} needs a value")
+                raise UserError(missing or f"{name} needs a value")
             value, i = args[i + 1], i + 2
             continue
         if args[i].startswith(name + "="):
