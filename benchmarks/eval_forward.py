@@ -87,9 +87,11 @@ def build(variant: str, model: GPT, math_model: GPT, col0: int, seq_len: int, po
 
 def run(preset: str, windows: int, stride: int, rounds: int, repeats: int, variants: list[str],
         backend: str = COMPILE_BACKEND, dtype: str = "") -> dict:
-    cfg = get_preset(preset).model
-    seq_len = get_preset(preset).eval_seq_len
-    bf16 = use_bf16(dtype or get_preset(preset).eval.dtype, torch.device("cpu"))
+    run_cfg = get_preset(preset)
+    cfg, seq_len = run_cfg.model, run_cfg.eval_seq_len
+    if not 0 < stride <= seq_len:
+        raise SystemExit(f"--stride {stride} must be in 1..{seq_len} (the preset's evaluation length)")
+    bf16 = use_bf16(dtype or run_cfg.eval.dtype, torch.device("cpu"))
     tolerance = 5e-2 if bf16 else 1e-4  # nats; bfloat16 rounds differently along each path
     col0 = seq_len - stride
     torch.manual_seed(0)
@@ -129,8 +131,8 @@ def run(preset: str, windows: int, stride: int, rounds: int, repeats: int, varia
     if bad:
         raise SystemExit(f"variants disagree with eager: {bad}")
     return {"benchmark": "eval_forward", "preset": preset, "windows": windows, "seq_len": seq_len, "stride": stride,
-            "threads": threads, "bf16": bf16, "backend": backend, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "rounds": rounds,
-            "repeats": repeats, "ms_per_forward": ms, "median_ms": {v: statistics.median(t) for v, t in ms.items()},
+            "threads": threads, "bf16": bf16, "backend": backend,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "rounds": rounds, "repeats": repeats, "ms_per_forward": ms, "median_ms": {v: statistics.median(t) for v, t in ms.items()},
             "compile_s": compile_s, "max_abs_diff_vs_eager": max_diff}
 
 

@@ -35,7 +35,6 @@ from pgolf import dist
 from pgolf.artifact import read_artifact
 from pgolf.cli import config_stored_in
 from pgolf.config import RunConfig
-from pgolf.dist import use_bf16
 from pgolf.eval.lora import evaluate_lora
 from pgolf.eval.sliding import evaluate
 from pgolf.model.gpt import GPT
@@ -63,30 +62,27 @@ def full_last_layer(model: GPT) -> GPT:
 
 
 def score(model: GPT, val: ValData, cfg: RunConfig, stride: int, batch: int, ttt: str,
-          backend: str | None = None, info: dist.DistInfo | None = None) -> tuple[float, float]:
+          info: dist.DistInfo, bf16: bool, backend: str | None = None) -> tuple[float, float]:
     """(val_bpb, compile seconds) of one evaluation: sliding windows at (stride, batch), compiled with
     `backend` if given, or per-document LoRA TTT (cfg.ttt)."""
-    bf16 = use_bf16(cfg.eval.dtype, torch.device("cpu"))  # eval.dtype as `pgolf eval` resolves it
     if ttt == "lora":
         t = cfg.ttt
         return evaluate_lora(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, chunk=t.lora_chunk,
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
                              seed=cfg.train.seed, autocast_bf16=bf16).bpb, 0.0
-    rank, world_size = (info.rank, info.world_size) if info is not None else (0, 1)
     r = evaluate(model, val.tokens, val.luts, seq_len=cfg.eval_seq_len, stride=stride, batch_tokens=batch,
-                 rank=rank, world_size=world_size, autocast_bf16=bf16, compile_backend=backend)
+                 rank=info.rank, world_size=info.world_size, autocast_bf16=bf16, compile_backend=backend)
     return r.bpb, r.stages.get("compile", 0.0)
 
 
 def run(artifact: str, flags: list[str], strides: list[int], batches: list[int], rounds: int,
-        with_full_last_layer: bool, ttt: str = "none", compiled: str = "",
-        info: dist.DistInfo | None = None) -> dict[str, Any]:
-    world_size = info.world_size if info is not None else 1
-    if ttt == "lora" and world_size > 1:
+        with_full_last_layer: bool, ttt: str, compiled: str, info: dist.DistInfo) -> dict[str, Any]:
+    if ttt == "lora" and info.world_size > 1:
         raise SystemExit("--ttt lora times one process; run it without torchrun")
     loaded = read_artifact(artifact)
     cfg = parse_config(flags, config_stored_in(loaded.run_config), "eval_speed.py")
     model = build_model_from_artifact(loaded, torch.device("cpu"))
+    bf16 = dist.use_bf16(cfg.eval.dtype, torch.device("cpu"))  # eval.dtype as `pgolf eval` resolves it
     seq_len = cfg.eval_seq_len
     val = load_val_data(cfg.dataset_dir, cfg.tokenizer_path, model.cfg.vocab_size, seq_len, cfg.eval.max_tokens)
     variants: dict[str, tuple[GPT, str | None]] = {"shipped": (model, None)}
@@ -104,11 +100,11 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
         for stride, batch, variant in keys:
             t = time.perf_counter()
             bpb[(stride, batch, variant)], c = score(variants[variant][0], val, cfg, stride, batch, ttt,
-                                                     variants[variant][1], info)
+                                                     info, bf16, variants[variant][1])
             seconds[(stride, batch, variant)].append(time.perf_counter() - t)
             compile_s[(stride, batch, variant)].append(c)
     # bfloat16 autocast rounds differently along the eager and the compiled path
-    tolerance = LORA_TOLERANCE if ttt == "lora" or use_bf16(cfg.eval.dtype, torch.device("cpu")) else 1e-6
+    tolerance = LORA_TOLERANCE if ttt == "lora" or bf16 else 1e-6
     for stride in strides:
         scores = [v for k, v in bpb.items() if k[0] == stride]
         if max(scores) - min(scores) > tolerance:
@@ -125,8 +121,7 @@ def run(artifact: str, flags: list[str], strides: list[int], batches: list[int],
     sliding = [r["seconds"][0] if r["variant"] == "compiled" else r["best_s"] for r in rows
                if r["stride"] == 64 and r["variant"] in ("shipped", "compiled")]
     return {"benchmark": "eval_speed", "artifact": artifact, "flags": flags, "seq_len": seq_len, "ttt": ttt,
-            "validation_tokens": val.tokens.numel() - 1, "world_size": world_size,
-            "bf16": use_bf16(cfg.eval.dtype, torch.device("cpu")),
+            "validation_tokens": val.tokens.numel() - 1, "world_size": info.world_size, "bf16": bf16,
             "threads": torch.get_num_threads(), "rounds": rounds,
             "rows": rows, "best_sliding64_s": min(sliding) if sliding else None,
             "within_target": (min(sliding) <= TARGET_SLIDING_SECONDS) if sliding else None}

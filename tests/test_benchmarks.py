@@ -256,3 +256,6 @@ def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Pat
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--variants", "eager,fast"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "fast" in proc.stderr
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--preset", "test-tiny",
+                           "--stride", "65"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--stride 65 must be in 1..64" in proc.stderr
