@@ -75,17 +75,18 @@ def test_learning_rate_zero_is_per_document_evaluation_of_the_base_model() -> No
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_a_document_never_reaches_another_documents_scores() -> None:
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_document_never_reaches_another_documents_scores(steps: int) -> None:
     lengths = [40, 33, 26, 19]  # batches of 2, longest first: [d0, d1], [d2, d3]
     tokens = doc_stream(lengths)
     starts = np.cumsum([0] + [n + 1 for n in lengths])
-    base = token_losses(tokens, lr=0.05)
+    base = token_losses(tokens, lr=0.05, steps=steps)
     frozen = token_losses(tokens, lr=0.0)
     for changed in range(4):
         other = tokens.clone()
         lo, hi = starts[changed] + 1, starts[changed + 1]
         other[lo:hi] = doc_stream([hi - lo], seed=100 + changed)[1:]  # same length, same boundaries
-        moved = token_losses(other, lr=0.05)
+        moved = token_losses(other, lr=0.05, steps=steps)
         inside = torch.zeros(tokens.numel(), dtype=torch.bool)
         inside[lo: hi + 1] = True  # its predictions, up to the next document's BOS
         assert torch.equal(moved[~inside], base[~inside]), changed  # exactly: nothing leaks, in a batch or after
@@ -109,6 +110,23 @@ def test_adaptation_helps_repetitive_documents_and_leaves_the_model_as_it_was() 
     assert adapted.num_bytes == plain.num_bytes and adapted.bpb < plain.bpb - 0.05
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_more_steps_per_chunk_read_scored_windows_through_the_view_and_adapt_further() -> None:
+    # Steps after the first take a new forward over the chunk's windows, asked of the ledger (one release per
+    # document per extra step); they move the later chunks' scores, and on repetitive text lower them.
+    tokens = doc_stream([120, 90, 100], repetitive=True)
+    kw = dict(seq_len=32, chunk=16, batch_docs=2, lora_rank=4, alpha=8.0, lr=0.01)
+    releases = {}
+    for steps in (1, 3):
+        ledger = TokenLedger(tokens, flat_luts())
+        adapt_documents(tiny_gpt(), ledger, steps=steps, **kw)
+        releases[steps] = (ledger.num_releases, ledger.finish()[0])
+    (one, t1), (three, t3) = releases[1], releases[3]
+    assert three - one == 2 * sum(len(document_rows(s, 16, 32)) - 1
+                                  for s in document_spans((tokens == BOS_ID).nonzero().flatten().tolist(), len(tokens)))
+    assert t1.token_count == t3.token_count and t1.byte_count == t3.byte_count
+    assert float(t3.nll_sum) < float(t1.nll_sum)
 
 
 class AllColumnsGPT(GPT):

@@ -89,7 +89,7 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
 
         return evaluate_lora(model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk,
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
-                             seed=cfg.train.seed, **where)
+                             steps=t.lora_steps, seed=cfg.train.seed, **where)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     compile_backend=compile_backend(ecfg), **where)
 

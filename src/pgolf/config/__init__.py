@@ -307,6 +307,8 @@ class TTTConfig:
     lora_lr: float = 0.001
     """`lora`: Adam learning rate of the one step after each scored chunk (records: 1e-4 at rank 96;
     cpu-record-tuned: 0.006, screened on a trained CPU-track model)."""
+    lora_steps: int = 1
+    """`lora`: Adam steps on each scored chunk (each after the first a new forward over the chunk's windows)."""
     lora_chunk: int = 48
     """`lora`: tokens of a document scored between two adapter steps; must be <= the eval seq_len."""
     lora_batch_docs: int = 16
@@ -321,6 +323,7 @@ class TTTConfig:
         require(self.batch_seqs >= 1, f"ttt.batch_seqs={self.batch_seqs} must be >= 1")
         require(self.lora_rank >= 1, f"ttt.lora_rank={self.lora_rank} must be >= 1")
         require(self.lora_alpha > 0, f"ttt.lora_alpha={self.lora_alpha} must be > 0")
+        require(self.lora_steps >= 1, f"ttt.lora_steps={self.lora_steps} must be >= 1")
         require(self.lora_chunk >= 1, f"ttt.lora_chunk={self.lora_chunk} must be >= 1")
         require(self.lora_batch_docs >= 1, f"ttt.lora_batch_docs={self.lora_batch_docs} must be >= 1")
 

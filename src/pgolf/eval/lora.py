@@ -6,7 +6,9 @@ they score exactly the predictions a flat evaluation scores). Each document is r
 `ttt.lora_chunk` predictions, each chunk scored in a window of at most seq_len tokens of that
 document's own prefix; after a chunk is scored and committed, its mean loss takes one Adam step on
 the document's own LoRA adapters (rank r, scale alpha/r) on attention q, k, v and output, the MLP
-output and the head (a delta on the logits, since the head is usually the tied embedding).
+output and the head (a delta on the logits, since the head is usually the tied embedding). With
+`steps` > 1 the chunk takes further steps, each a new forward over windows the adapter asks the ledger
+for (`AdaptationView.release`: scored tokens only).
 Adapters are per sample ((B, r, in) and (B, out, r)), every document starting from the same A (drawn
 once from the seed) and B = 0, rebuilt for every batch of documents; Adam is elementwise and there is
 no clipping, so no document's tokens reach another document's scores. Documents are sorted longest
@@ -136,9 +138,20 @@ class DocumentAdapters(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
 
 
+def released_windows(view: AdaptationView, rows: np.ndarray, width: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, width) of scored rows (base, lo, hi), read through the view; 0 past hi."""
+    x = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    y = torch.zeros_like(x)
+    for i, (base, _lo, hi) in enumerate(rows.tolist()):
+        window = view.release(base, base + hi + 1)  # (hi + 1,)
+        x[i, :hi], y[i, :hi] = window[:-1], window[1:]
+    return x, y
+
+
 def _score_and_adapt_batch(model: nn.Module, ledger: TokenLedger, view: AdaptationView, docs: list[Span], *,
                            init: list[torch.Tensor], alpha: float, lr: float, chunk: int, seq_len: int,
-                           autocast_bf16: bool) -> None:
+                           steps: int, autocast_bf16: bool) -> None:
     """All chunks of one batch of documents (sorted longest first), each scored then learned from."""
     adapters = DocumentAdapters(model, len(docs), init, alpha)  # fresh per batch: the reset
     # beta1 = 0 as the records: one step per chunk, so momentum would mostly carry stale directions
@@ -156,15 +169,20 @@ def _score_and_adapt_batch(model: nn.Module, ledger: TokenLedger, view: Adaptati
         ledger.commit(rows, nll, rows_dev, col0=col0)
         if num_learning:
             losses, mask = view.release_losses(rows[:num_learning])  # (b', T - col0) each
-            per_doc = (losses * mask).sum(1) / mask.sum(1)  # (b',) each document's mean chunk loss
-            opt.zero_grad(set_to_none=True)
-            per_doc.sum().backward()
-            opt.step()
+            for step in range(steps):
+                if step:  # a fresh forward of the adapted model over the same, scored, windows
+                    xs, ys = released_windows(view, rows[:num_learning], x.shape[1], ledger.device)
+                    with torch.autocast(ledger.device.type, dtype, autocast_bf16):
+                        losses = adapters.token_nll(model, xs, ys, col0)  # (b', T - col0)
+                per_doc = (losses * mask).sum(1) / mask.sum(1)  # (b',) each document's mean chunk loss
+                opt.zero_grad(set_to_none=True)
+                per_doc.sum().backward()
+                opt.step()
 
 
 def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chunk: int, batch_docs: int,
-                    lora_rank: int, alpha: float, lr: float, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    autocast_bf16: bool = False, progress: bool = False) -> None:
+                    lora_rank: int, alpha: float, lr: float, steps: int = 1, seed: int = 0, rank: int = 0,
+                    world_size: int = 1, autocast_bf16: bool = False, progress: bool = False) -> None:
     """Score this rank's document batches into the ledger, adapting per document after each chunk.
 
     Batches are formed from all documents (the same at any world size) and dealt to ranks in turn; the
@@ -181,7 +199,7 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
         with eval_mode(model, inference=False):
             for b in mine:
                 _score_and_adapt_batch(model, ledger, view, batches[b], init=init, alpha=alpha, lr=lr, chunk=chunk,
-                                       seq_len=seq_len, autocast_bf16=autocast_bf16)
+                                       seq_len=seq_len, steps=steps, autocast_bf16=autocast_bf16)
                 if bar is not None:
                     bar.update(1)
     finally:
@@ -192,14 +210,14 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
 
 
 def evaluate_lora(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, chunk: int,
-                  batch_docs: int, lora_rank: int, alpha: float, lr: float, seed: int = 0, rank: int = 0,
-                  world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
+                  batch_docs: int, lora_rank: int, alpha: float, lr: float, steps: int = 1, seed: int = 0,
+                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
                   progress: bool = False) -> EvalResult:
     """val_bpb with per-document score-first LoRA adaptation (see `adapt_documents`)."""
     t0 = time.perf_counter()
     ledger = TokenLedger(tokens, luts, device)
     adapt_documents(model, ledger, seq_len=seq_len, chunk=chunk, batch_docs=batch_docs, lora_rank=lora_rank,
-                    alpha=alpha, lr=lr, seed=seed, rank=rank, world_size=world_size, autocast_bf16=autocast_bf16,
-                    progress=progress)
+                    alpha=alpha, lr=lr, steps=steps, seed=seed, rank=rank, world_size=world_size,
+                    autocast_bf16=autocast_bf16, progress=progress)
     totals, report = ledger.finish()
     return result_from(totals, report, t0)
