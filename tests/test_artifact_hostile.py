@@ -138,6 +138,8 @@ def test_an_artifact_from_before_an_added_field_reads_it_as_the_old_behaviour(or
     older = rewrite(original, tmp_path / "older.ptz", lambda h, _: h["run_config"]["eval"].pop("compile"))
     assert "compile" not in read_artifact(older).run_config["eval"]  # the stored dict, as written
     assert run_config_from_dict(read_artifact(older).run_config).eval.compile is False
+    no_steps = rewrite(original, tmp_path / "steps.ptz", lambda h, _: h["run_config"]["ttt"].pop("lora_steps"))
+    assert run_config_from_dict(read_artifact(no_steps).run_config).ttt.lora_steps == 1  # one step, as before
     refused(rewrite(original, tmp_path / "c.ptz", lambda h, _: h["run_config"]["eval"].pop("stride")),
             "run_config.eval lacks field 'stride'")
 
