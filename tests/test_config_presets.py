@@ -4,6 +4,7 @@ presets fit the CPU track's byte budget even with incompressible (random-normal)
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -113,3 +114,22 @@ def test_presets_verb_into_a_closed_pipe_exits_quietly(unbuffered: str) -> None:
     finally:
         os.close(write)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+
+
+def test_a_config_stored_by_an_earlier_version_still_reads() -> None:
+    # A run config as pgolf wrote it into artifacts and checkpoints at commit ea9ee33 (cpu-record-tuned).
+    # A field added since must be listed in pgolf.flags.ADDED_FIELDS with the value that does what the old
+    # config did, or every artifact written before it stops loading ("lacks field").
+    from pathlib import Path
+
+    from pgolf.config import config_to_dict, run_config_from_dict
+    from pgolf.flags import ADDED_FIELDS, SECTIONS
+
+    stored = json.loads((Path(__file__).parent / "data" / "run_config-ea9ee33.json").read_text())
+    cfg = run_config_from_dict(stored)
+    now = config_to_dict(cfg)
+    for section, cls in SECTIONS.items():
+        for name, value in ADDED_FIELDS.get(cls, {}).items():
+            if name not in stored[section]:
+                assert now[section].pop(name) == value
+    assert now == stored
