@@ -305,10 +305,11 @@ class TTTConfig:
     lora_alpha: float = 16.0
     """`lora`: adapter scale is lora_alpha / lora_rank."""
     lora_lr: float = 0.001
-    """`lora`: Adam learning rate of the one step after each scored chunk (records: 1e-4 at rank 96;
+    """`lora`: Adam learning rate of the steps after each scored chunk (records: 1e-4 at rank 96;
     cpu-record-tuned: 0.006, screened on a trained CPU-track model)."""
     lora_steps: int = 1
-    """`lora`: Adam steps on each scored chunk (each after the first a new forward over the chunk's windows)."""
+    """`lora`: Adam steps on each scored chunk, each after the first on a new forward over the chunk's windows
+    (on the CPU track 2 steps overfit the chunk: +0.04 to +0.08 bpb, docs/LOG.md)."""
     lora_chunk: int = 48
     """`lora`: tokens of a document scored between two adapter steps; must be <= the eval seq_len."""
     lora_batch_docs: int = 16
