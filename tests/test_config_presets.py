@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from pgolf.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_hash
+from pgolf.config import (SECTIONS, ConfigError, ModelConfig, RunConfig, TrainConfig, config_hash, config_to_dict,
+                          run_config_from_dict)
+from pgolf.flags import ADDED_FIELDS
 from pgolf.presets import PRESETS, get_preset
 from pgolf.errors import UserError
 
@@ -120,11 +123,6 @@ def test_a_config_stored_by_an_earlier_version_still_reads() -> None:
     # A run config as pgolf wrote it into artifacts and checkpoints at commit ea9ee33 (cpu-record-tuned).
     # A field added since must be listed in pgolf.flags.ADDED_FIELDS with the value that does what the old
     # config did, or every artifact written before it stops loading ("lacks field").
-    from pathlib import Path
-
-    from pgolf.config import config_to_dict, run_config_from_dict
-    from pgolf.flags import ADDED_FIELDS, SECTIONS
-
     stored = json.loads((Path(__file__).parent / "data" / "run_config-ea9ee33.json").read_text())
     cfg = run_config_from_dict(stored)
     now = config_to_dict(cfg)
