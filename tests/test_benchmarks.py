@@ -259,3 +259,36 @@ def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Pat
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--preset", "test-tiny",
                            "--stride", "65"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "--stride 65 must be in 1..64" in proc.stderr
+
+
+def test_bundle_size_finds_definitions_nothing_reaches() -> None:
+    spec = importlib.util.spec_from_file_location("bundle_size", REPO / "benchmarks/bundle_size.py")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    sources = {"a": "def used():\n    return helper()\ndef helper():\n    pass\ndef unused():\n    return only_from_unused()\n",
+               "b": "def only_from_unused():\n    pass\nclass Named:\n    pass\nX = used()\nY = 'Named'\n"}
+    dead = {(m, n) for m, n, _ in mod.unreferenced_defs(sources)}
+    assert dead == {("a", "unused"), ("b", "only_from_unused")}
+
+
+def test_bundle_size_benchmark_prints_json(tmp_path: Path) -> None:
+    from pgolf import bundle
+    from pgolf.presets import get_preset
+
+    out = tmp_path / "size.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/bundle_size.py"), "--preset", "test-tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text())
+    cfg = get_preset("test-tiny")
+    assert result["bundle_bytes"] == bundle.code_bytes(cfg)
+    assert sorted(r["module"] for r in result["modules"]) == bundle.bundle_modules(cfg)
+    assert result["source_bytes"] == sum(r["source_bytes"] for r in result["modules"])
+    assert 0 < result["payload_json_compressed_bytes"] < result["bundle_bytes"]
+    dead = result["unreferenced_defs"]
+    assert dead["count"] > 0 and dead["payload_without_them_compressed_bytes"] < result["payload_json_compressed_bytes"]
