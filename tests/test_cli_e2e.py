@@ -200,6 +200,14 @@ def test_help_lists_flags_as_the_readme_writes_them(tmp_path: Path) -> None:
     assert fineweb.returncode == 0 and "--train-shards" in fineweb.stdout
 
 
+def interruptible() -> None:
+    """In the child before exec: SIGINT to its default, so Python turns it into KeyboardInterrupt even when
+    the suite itself was started with SIGINT ignored (a background job of a non-interactive shell)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     import signal
     import time
@@ -209,7 +217,8 @@ def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, sub
     proc = subprocess.Popen([sys.executable, "-m", "pgolf", "run", "--preset", "test-tiny", *tiny_flags(root),
                              "--run_id", "interrupted", "--train.iterations", "1000000",
                              "--train.max_wallclock_seconds", "0", "--train.val_loss_every", "0"],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"event": "step"' in metrics.read_text()):
         time.sleep(0.2)
@@ -248,7 +257,8 @@ def _start_and_signal(root: Path, run_id: str, extra: list[str], sig: int, wait_
 
     proc = subprocess.Popen([sys.executable, "-m", "pgolf", "run", "--preset", "test-tiny", *tiny_flags(root),
                              "--run_id", run_id, "--train.val_loss_every", "0", *extra],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     log = root / "runs" / run_id / "log.txt"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and wait_for in log.read_text()):
