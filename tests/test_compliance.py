@@ -81,6 +81,21 @@ def test_eval_writes_a_compliant_report(setup: tuple[RunConfig, Path], mode: str
     assert b["total_bytes"] == b["code_bytes"] + b["model_bytes"]
 
 
+def test_eval_with_the_ngram_cache_reports_its_checks(setup: tuple[RunConfig, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, art = setup
+    assert main(["eval", str(art), "--eval.ttt", "lora", "--eval.ngram_order", "4", "--eval.max_tokens", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "compliance: COMPLIANT" in out and "n-gram cache too (0.0e+00)" in out
+    assert "mixed with an order-4 n-gram cache" in out
+    rep = json.loads(art.with_name("compliance.json").read_text())
+    c = rep["conditions"]
+    assert c["causal"]["checked"]["cache_earlier_max_abs_change"] == 0.0
+    assert c["normalized"]["checked"]["cache_sum_max_abs_error"] < 1e-9
+    assert c["score_before_update"]["checked"]["ngram_order"] == 4
+    assert "ttt_lora.ngram" in rep["time"]["stages_seconds"]
+
+
 def test_over_budget_evaluation_is_non_compliant(setup: tuple[RunConfig, Path],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg, art = setup
@@ -152,8 +167,9 @@ def test_ttt_code_ships_in_the_bundle_of_a_config_that_uses_it() -> None:
     from pgolf.presets import get_preset
 
     cfg = get_preset("test-tiny")
-    for mode, module in (("chunked", "pgolf.eval.ttt"), ("lora", "pgolf.eval.lora")):
-        adapting = apply_overrides(cfg, ["--eval.ttt", mode])
+    for flags, module in ((["--eval.ttt", "chunked"], "pgolf.eval.ttt"), (["--eval.ttt", "lora"], "pgolf.eval.lora"),
+                          (["--eval.ngram_order", "4"], "pgolf.eval.ngram")):
+        adapting = apply_overrides(cfg, flags)
         assert module not in bundle_modules(cfg) and module in bundle_modules(adapting)
         assert code_bytes(adapting) > code_bytes(cfg)
 

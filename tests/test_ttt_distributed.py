@@ -1,5 +1,5 @@
-"""One evaluation path for 1 process and N: sliding, chunked TTT and per-document LoRA TTT on two gloo
-processes give the single process's scores (the ledger's coverage check runs over both ranks)."""
+"""One evaluation path for 1 process and N: sliding, chunked TTT and per-document LoRA TTT (and the last two
+with the n-gram cache) on two gloo processes give the single process's scores (the ledger's coverage check runs over both ranks)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def scores(rank: int, world_size: int) -> dict[str, list[Any]]:
                                     chunk_tokens=160, adapter=adapter, **where),
         "lora": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3, lora_rank=2,
                               alpha=4.0, lr=0.05, **where),
+        # the cache's mixture weights read every earlier position's score, whichever rank committed it
+        "sliding_ngram": evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=8, batch_tokens=256,
+                                  ngram_order=3, **where),
+        "lora_ngram": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3, lora_rank=2,
+                                    alpha=4.0, lr=0.05, ngram_order=3, **where),
     }
     return {k: [r.loss, r.bpb, r.num_tokens, r.num_bytes, r.ledger.num_adapted, r.ledger.num_scored]
             for k, r in results.items()}
@@ -74,3 +79,4 @@ def test_two_gloo_processes_score_like_one(tmp_path: Path) -> None:
         assert (d_tokens, d_bytes, d_adapted, d_scored) == (tokens, nbytes, adapted, scored), mode
         assert d_loss == pytest.approx(loss, rel=1e-5) and d_bpb == pytest.approx(bpb, rel=1e-5), mode
     assert single["chunked"][1] != single["sliding"][1]  # adaptation really ran on both sides
+    assert single["sliding_ngram"][1] != single["sliding"][1] and single["lora_ngram"][1] != single["lora"][1]

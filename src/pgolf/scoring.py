@@ -83,15 +83,16 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
                                   grad_clip=t.grad_clip, seq_len=seq_len, autocast_bf16=bf16, rank=info.rank,
                                   world_size=info.world_size)
         return evaluate_chunked(model, val.tokens, val.luts, seq_len=seq_len, stride=stride,
-                                batch_tokens=ecfg.batch_tokens, chunk_tokens=t.chunk_tokens, adapter=adapter, **where)
+                                batch_tokens=ecfg.batch_tokens, chunk_tokens=t.chunk_tokens, adapter=adapter,
+                                ngram_order=ecfg.ngram_order, **where)
     if ecfg.ttt == "lora":
         from pgolf.eval.lora import evaluate_lora
 
         return evaluate_lora(model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk,
                              batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
-                             steps=t.lora_steps, seed=cfg.train.seed, **where)
+                             steps=t.lora_steps, seed=cfg.train.seed, ngram_order=ecfg.ngram_order, **where)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
-                    compile_backend=compile_backend(ecfg), **where)
+                    compile_backend=compile_backend(ecfg), ngram_order=ecfg.ngram_order, **where)
 
 
 def build_model_from_artifact(loaded: LoadedArtifact, device: torch.device) -> GPT:

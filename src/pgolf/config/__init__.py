@@ -271,6 +271,10 @@ class EvalConfig:
     """Score-first test-time training of the final evaluation: `none` (fixed predictor), `chunked` (SGD on the
     whole model after each scored 32k-token chunk), `lora` (per-document LoRA updated after each scored chunk of
     the document). Settings in the ttt section."""
+    ngram_order: int = 0
+    """Mix a causal n-gram cache of the already-scored validation stream (orders 0..N, exact counts,
+    Witten-Bell) into the final evaluation's scores, with weights learned from earlier positions only
+    (pgolf.eval.ngram); 0 = off (a fixed predictor)."""
 
     def validate(self) -> None:
         require(self.seq_len >= 0, f"eval.seq_len={self.seq_len} must be >= 0")
@@ -278,6 +282,7 @@ class EvalConfig:
         require(0 < self.batch_tokens <= 1 << 24, f"eval.batch_tokens={self.batch_tokens} must be in 1..{1 << 24}")
         require(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0")
         require(self.reference_bytes >= 0, f"eval.reference_bytes={self.reference_bytes} must be >= 0")
+        require(0 <= self.ngram_order <= 32, f"eval.ngram_order={self.ngram_order} must be in 0..32 (0 = off)")
         if self.seq_len and self.stride:
             require(self.stride <= self.seq_len, f"eval.stride={self.stride} must be <= eval.seq_len={self.seq_len}")
 

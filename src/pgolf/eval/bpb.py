@@ -12,6 +12,7 @@ receives a token only after its score is committed.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,8 @@ class LedgerReport:
     num_scored: int  # predictions scored exactly once (== num_positions, or `finish` raises)
     num_adapted: int  # predictions adaptation was given, each only after it was scored
     num_releases: int  # spans released to adapters (rank 0's count; every rank releases alike or none)
+    ngram_order: int = 0  # order of the causal n-gram cache mixed into the scores (0: none; pgolf.eval.ngram)
+    ngram_seconds: float = 0.0  # time the mixing took (this rank)
 
 
 Rows = np.ndarray  # (R, 3) int64 rows (base, lo, hi): inputs tokens[base:base+hi], scores targets base+lo+1..base+hi
@@ -110,10 +113,14 @@ class TokenLedger:
     adapting before scoring is not a flag but an error. The byte count of each committed position is
     the metric's (`target_byte_counts`), so the totals are val_bpb. Bookkeeping of which positions are
     scored lives on the host and follows from the row descriptors alone: no device sync per batch.
+    With `ngram_order` > 0, `finish` turns the committed losses into those of the model mixed with a causal
+    n-gram cache of the stream (`pgolf.eval.ngram`), once every prediction is scored.
     """
 
-    def __init__(self, tokens: torch.Tensor, luts: ByteLuts, device: torch.device | str = "cpu") -> None:
+    def __init__(self, tokens: torch.Tensor, luts: ByteLuts, device: torch.device | str = "cpu",
+                 ngram_order: int = 0) -> None:
         self.device = torch.device(device)
+        self.ngram_order = ngram_order
         self._tokens = tokens.to(device=self.device, dtype=torch.long)  # (N,)
         self.num_tokens = int(tokens.numel())
         self._luts = luts.to(self.device)
@@ -219,18 +226,32 @@ class TokenLedger:
 
     def finish(self) -> tuple[BpbTotals, LedgerReport]:
         """Sums over all ranks and the check that every prediction was scored exactly once (collective)."""
-        totals = self.totals()
-        totals.all_reduce()
         counts = all_reduce_sum_(torch.from_numpy(self._mine[1:].astype(np.uint8)).to(self.device)).cpu().numpy()
         released = all_reduce_sum_(torch.from_numpy(self._released[1:].astype(np.uint8)).to(self.device)).cpu().numpy()
         missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
         if missing or repeated:
             raise LedgerError(f"{missing} predictions were never scored and {repeated} were scored more than once "
                               f"(of {counts.size}); every prediction must be scored exactly once")
+        t0 = time.perf_counter()
+        if self.ngram_order:
+            self._mix_cache()
+        totals = self.totals()
+        totals.all_reduce()
         self._check_finite(totals)
         report = LedgerReport(num_positions=int(counts.size), num_scored=int((counts == 1).sum()),
-                              num_adapted=int((released > 0).sum()), num_releases=self.num_releases)
+                              num_adapted=int((released > 0).sum()), num_releases=self.num_releases,
+                              ngram_order=self.ngram_order, ngram_seconds=time.perf_counter() - t0)
         return totals, report
+
+    def _mix_cache(self) -> None:
+        """Replace this rank's committed losses by the cache-mixed ones (collective: the mixture weights at a
+        position read the model's losses of earlier positions, whichever rank scored them)."""
+        from pgolf.eval.ngram import mix_scores
+
+        mine = torch.from_numpy(self._mine).to(self.device)  # (N,)
+        model_nll = all_reduce_sum_(torch.where(mine, self._nll[:-1], 0.0))  # (N,) each scored by one rank
+        mixed = mix_scores(model_nll, self._tokens, self.ngram_order, int(self._luts.base_bytes.numel()))  # (N,)
+        self._nll[:-1] = torch.where(mine, mixed, 0.0)
 
     def _check_finite(self, totals: BpbTotals) -> None:
         """A UserError naming the first non-finite prediction (of this rank) when the summed loss is not finite:

@@ -34,9 +34,11 @@ COMPLIANCE_NAME = "compliance.json"
 GUARANTEES = {
     "causal": "each score is the causal model's prediction from tokens before the target, in windows the ledger "
               "builds (inputs end before the scored target; lora: only the document's own prefix); adaptation "
-              "changes weights only from tokens already scored",
+              "changes weights only from tokens already scored; an n-gram cache (eval.ngram_order) counts only "
+              "tokens before the target and weighs itself by earlier positions' scores",
     "normalized": "each score is the cross-entropy of a softmax over all vocabulary logits at that position; "
-                  "nothing is keyed on the target",
+                  "nothing is keyed on the target; the n-gram cache is a distribution over the whole vocabulary "
+                  "(exact counts backed off to uniform) and the score a mixture of the two",
     "score_before_update": "adapters get validation tokens only from the ledger's AdaptationView, which raises "
                            "LedgerError for any span holding an unscored prediction; the last chunk is never "
                            "adapted on; a document's chunk is learned from only after it is committed",
@@ -75,14 +77,16 @@ def _conditions(mode: str, r: EvalResult, probe: dict[str, Any]) -> dict[str, di
     led = r.ledger
     pick = lambda *keys: {k: probe[k] for k in ("checked", *keys) if k in probe}  # noqa: E731
     out = {
-        "causal": {"ok": probe.get("causal_ok", True),
+        "causal": {"ok": probe.get("causal_ok", True) and probe.get("cache_causal_ok", True),
                    "checked": pick("positions", "changed_from", "earlier_logits_max_abs_change",
-                                   "later_logits_max_abs_change")},
-        "normalized": {"ok": probe.get("normalized_ok", True),
-                       "checked": pick("logits", "nll_vs_log_softmax_max_abs_diff")},
+                                   "later_logits_max_abs_change", "cache_earlier_max_abs_change")},
+        "normalized": {"ok": probe.get("normalized_ok", True) and probe.get("cache_normalized_ok", True),
+                       "checked": pick("logits", "nll_vs_log_softmax_max_abs_diff", "cache_sum_max_abs_error",
+                                       "cache_vs_direct_max_abs_diff")},
         # a refused release raises LedgerError and ends the evaluation, so a report exists only without one
         "score_before_update": {"ok": led is not None and (mode != "none" or led.num_adapted == 0),
-                                "checked": {"adaptation": mode, "releases": getattr(led, "num_releases", None),
+                                "checked": {"adaptation": mode, "ngram_order": getattr(led, "ngram_order", 0),
+                                            "releases": getattr(led, "num_releases", None),
                                             "predictions_adapted_on": getattr(led, "num_adapted", None)}},
         "single_pass": {"ok": led is not None and led.num_scored == led.num_positions == r.num_tokens,
                         "checked": {"predictions": getattr(led, "num_positions", None),
@@ -156,15 +160,21 @@ def format_report(rep: dict[str, Any]) -> list[str]:
     once = c["single_pass"]["checked"]
     lines = [f"compliance: {head}"]
     if probe.get("checked"):
+        cache = "cache_sum_max_abs_error" in probe
         lines.append(f"  1 causal            {mark[c['causal']['ok']]:4s} earlier logits unchanged when later tokens "
-                     f"change (max |diff| {probe['earlier_logits_max_abs_change']:.1e})")
+                     f"change (max |diff| {probe['earlier_logits_max_abs_change']:.1e})"
+                     + (f"; n-gram cache too ({probe['cache_earlier_max_abs_change']:.1e})" if cache else ""))
         lines.append(f"  2 full softmax      {mark[c['normalized']['ok']]:4s} nll = -log softmax over "
-                     f"{probe['logits']:,} logits (max |diff| {probe['nll_vs_log_softmax_max_abs_diff']:.1e})")
+                     f"{probe['logits']:,} logits (max |diff| {probe['nll_vs_log_softmax_max_abs_diff']:.1e})"
+                     + (f"; n-gram cache sums to 1 (max |1 - sum| {probe['cache_sum_max_abs_error']:.1e})"
+                        if cache else ""))
     if adapt["adaptation"] == "none":
         what = f"no adaptation (fixed predictor; {adapt['predictions_adapted_on']:,} predictions released)"
     else:
         what = (f"{adapt['predictions_adapted_on']:,} predictions adapted on ({adapt['adaptation']}), each after its "
                 f"score was committed ({adapt['releases']:,} releases)")
+    if adapt.get("ngram_order"):
+        what += f"; mixed with an order-{adapt['ngram_order']} n-gram cache of the tokens before each target"
     lines.append(f"  3 score before use  {mark[c['score_before_update']['ok']]:4s} {what}")
     lines.append(f"  4 single pass       {mark[c['single_pass']['ok']]:4s} {once['scored_exactly_once']:,} of "
                  f"{once['predictions']:,} predictions scored exactly once")
@@ -194,6 +204,10 @@ def evaluate_with_report(path: str | Path, cfg: RunConfig, info: DistInfo, *, va
     `extra_train_seconds` is time charged to training after the loop (calibration)."""
     scored = score_artifact(path, cfg, info, val=val, progress=True, check_bytes=check_bytes, code_bytes=code_bytes)
     probe = probe_model(scored.model, scored.model.cfg.vocab_size, cfg.eval_seq_len, info.device)
+    if cfg.eval.ngram_order:
+        from pgolf.eval.ngram import probe_cache
+
+        probe.update(probe_cache(cfg.eval.ngram_order, scored.model.cfg.vocab_size))
     if train_seconds is None:
         train_seconds, steps, cap = scored.train_seconds, scored.train_steps, cfg.train.max_wallclock_seconds
         if train_seconds is not None and steps is not None:

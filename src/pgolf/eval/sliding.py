@@ -200,13 +200,15 @@ def eval_mode(model: nn.Module, inference: bool = True) -> Iterator[None]:
 def result_from(totals: BpbTotals, report: LedgerReport | None, t0: float) -> EvalResult:
     """Read the totals first (waiting for the device), then the clock."""
     nll_sum, num_tokens, num_bytes = float(totals.nll_sum), float(totals.token_count), float(totals.byte_count)
+    stages = {"ngram": report.ngram_seconds} if report is not None and report.ngram_order else {}
     return EvalResult(loss=nll_sum / num_tokens, bpb=bits_per_byte(nll_sum, num_bytes), num_tokens=int(num_tokens),
-                      num_bytes=int(num_bytes), seconds=time.perf_counter() - t0, ledger=report)
+                      num_bytes=int(num_bytes), seconds=time.perf_counter() - t0, ledger=report, stages=stages)
 
 
 def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
              batch_tokens: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-             autocast_bf16: bool = False, progress: bool = False, compile_backend: Any = None) -> EvalResult:
+             autocast_bf16: bool = False, progress: bool = False, compile_backend: Any = None,
+             ngram_order: int = 0) -> EvalResult:
     """Sliding-window val_bpb over the whole stream through a ledger, windows split across ranks.
 
     `batch_tokens` counts tokens per forward summed over ranks, as eval.batch_tokens does. Every rank
@@ -215,7 +217,7 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len:
     seconds are reported as the `compile` part of the result's stages.
     """
     t0 = time.perf_counter()
-    ledger = TokenLedger(tokens, luts, device)
+    ledger = TokenLedger(tokens, luts, device, ngram_order)
     rows = window_rows(rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size))
     with eval_mode(model):
         compile_seconds = score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),

@@ -1,0 +1,128 @@
+"""The causal n-gram cache of `eval.ngram_order`: its probabilities are those of the whole distribution counted
+directly from the prefix (which sums to one), nothing at a position moves when later tokens or later model
+scores change, the Bayesian mixture is never much worse than its best fixed weight, and the ledger scores
+with it on one process as on the sums it reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_ttt import flat_luts, one_thread, repetitive_stream, tiny_gpt  # noqa: F401  (one_thread: autouse)
+
+from pgolf.config import ConfigError, EvalConfig
+from pgolf.eval import ngram
+from pgolf.eval.ngram import WEIGHT_GRID, cache_distribution, cache_probs, mix_scores, probe_cache
+from pgolf.eval.bpb import TokenLedger
+from pgolf.eval.sliding import eval_mode, evaluate, score_rows, window_plan, window_rows
+
+
+def stream(n: int, vocab: int, seed: int) -> torch.Tensor:
+    """Random tokens with a repeated piece, so that contexts of every order recur."""
+    g = torch.Generator().manual_seed(seed)
+    piece = torch.randint(0, vocab, (n // 4,), generator=g)
+    return torch.cat([piece, torch.randint(0, vocab, (n // 4,), generator=g), piece, piece])[:n]
+
+
+@pytest.mark.parametrize("vocab,order,seed", [(5, 3, 0), (11, 6, 1), (64, 2, 2), (3, 0, 3)])
+def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: int, seed: int) -> None:
+    x = stream(120, vocab, seed)
+    p, level = cache_probs(x, order, vocab)
+    assert p.shape == x.shape and p.dtype == torch.float64
+    for t in range(len(x)):
+        dist = cache_distribution(x[:t].tolist(), order, vocab)
+        assert float(dist.sum()) == pytest.approx(1.0, abs=1e-12) and bool((dist > 0).all())
+        assert float(p[t]) == pytest.approx(float(dist[x[t]]), abs=1e-13)
+        # the highest order whose context occurred earlier
+        seen = [k for k in range(min(order, t) + 1) if any(x[i: i + k].tolist() == x[t - k: t].tolist()
+                                                           for i in range(t - k))]
+        assert int(level[t]) == (max(seen) if seen else 0)
+
+
+def test_repeats_are_predicted_better_with_higher_orders() -> None:
+    x = stream(400, 50, 4)
+    bits = {k: float(-torch.log2(cache_probs(x, k, 50)[0][300:]).sum()) for k in (0, 1, 4)}
+    assert bits[4] < bits[1] < bits[0]  # the last quarter repeats the first: long contexts know what follows
+
+
+def test_nothing_at_a_position_depends_on_what_follows() -> None:
+    x = stream(200, 20, 5)
+    nll = torch.rand(200, generator=torch.Generator().manual_seed(0)) * 4
+    for cut in (0, 37, 150, 198):
+        y, later = x.clone(), nll.clone()
+        y[cut + 1:] = (y[cut + 1:] + 7) % 20
+        later[cut + 1:] = later[cut + 1:] * 0.5 + 1
+        assert torch.equal(cache_probs(x, 5, 20)[0][: cut + 1], cache_probs(y, 5, 20)[0][: cut + 1])
+        assert torch.equal(mix_scores(nll, x, 5, 20)[: cut + 1], mix_scores(later, y, 5, 20)[: cut + 1])
+
+
+def test_mixture_is_within_log_grid_of_its_best_fixed_weight_per_level() -> None:
+    # A Bayesian average over J weights loses at most log J nats against the best of them, per level.
+    x = stream(600, 30, 6)
+    nll = torch.rand(600, generator=torch.Generator().manual_seed(1)) * 3 + 1.0
+    mixed = mix_scores(nll, x, 4, 30)
+    assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
+    p_cache, level = cache_probs(x, 4, 30)
+    p_model = torch.exp(-nll[1:].double())
+    bound = 0.0
+    for lv in level[1:].unique():
+        at = level[1:] == lv
+        fixed = [float(-torch.log((1 - w) * p_model[at] + w * p_cache[1:][at]).sum()) for w in WEIGHT_GRID]
+        bound += min(fixed) + math.log(len(WEIGHT_GRID))
+    total = float(mixed[1:].double().sum())
+    assert total <= bound + 1e-6
+    assert total < float(nll[1:].double().sum())  # the repeats are worth something to a weak model
+
+
+def test_probe_passes_the_cache_and_catches_one_that_peeks(monkeypatch: pytest.MonkeyPatch) -> None:
+    honest = probe_cache(6, 64)
+    assert honest["cache_causal_ok"] and honest["cache_normalized_ok"]
+    real = ngram.cache_probs
+
+    def peeking(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p, level = real(tokens, order, vocab_size)
+        nxt = torch.cat([tokens[1:], tokens[:1]])  # the token after the target
+        return p * (1 + nxt / (4 * vocab_size)), level
+
+    monkeypatch.setattr(ngram, "cache_probs", peeking)
+    assert not probe_cache(6, 64)["cache_causal_ok"]
+
+    def unnormalised(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p, level = real(tokens, order, vocab_size)
+        return (p * 1.5).clamp(max=1.0), level
+
+    monkeypatch.setattr(ngram, "cache_probs", unnormalised)
+    bad = probe_cache(6, 64)
+    assert bad["cache_causal_ok"] and not bad["cache_normalized_ok"]
+
+
+def test_sliding_evaluation_with_the_cache() -> None:
+    tokens = repetitive_stream(700, seed=3)
+    where = dict(seq_len=32, stride=16, batch_tokens=256)
+    plain = evaluate(tiny_gpt(), tokens, flat_luts(), **where)
+    off = evaluate(tiny_gpt(), tokens, flat_luts(), ngram_order=0, **where)
+    on = evaluate(tiny_gpt(), tokens, flat_luts(), ngram_order=4, **where)
+    assert (off.bpb, off.loss) == (plain.bpb, plain.loss) and off.ledger.ngram_order == 0 and "ngram" not in off.stages
+    assert on.ledger.ngram_order == 4 and on.stages["ngram"] >= 0
+    assert (on.num_tokens, on.num_bytes) == (plain.num_tokens, plain.num_bytes)
+    assert on.bpb < plain.bpb - 0.5  # an untrained model on repeated phrases: the cache knows them
+
+
+def test_ledger_reports_the_mixture_of_the_committed_scores() -> None:
+    tokens = repetitive_stream(500, seed=4)
+    ledger = TokenLedger(tokens, flat_luts(), ngram_order=3)
+    with eval_mode(model := tiny_gpt()):
+        score_rows(model, ledger, window_rows(window_plan(len(tokens), 32, 16)), batch_rows=8)
+    model_nll = ledger.token_losses()  # (N,) the model's own losses, before finish mixes them
+    totals, report = ledger.finish()
+    expected = mix_scores(model_nll, tokens, 3, flat_luts().base_bytes.numel())
+    assert float(totals.nll_sum) == pytest.approx(float(expected.double().sum()), rel=1e-12)
+    assert torch.equal(ledger.token_losses(), expected) and report.ngram_order == 3
+    assert int(totals.token_count) == len(tokens) - 1
+
+
+@pytest.mark.parametrize("bad", [-1, 33])
+def test_order_is_validated(bad: int) -> None:
+    with pytest.raises(ConfigError, match="eval.ngram_order"):
+        EvalConfig(ngram_order=bad).validate()
