@@ -23,8 +23,9 @@ from helpers_train import CPU, one_thread, tiny_cfg, write_random_shards  # noqa
 from pgolf.checkpoint import (CHECKPOINT_NAME, config_difference, flatten_state, load_checkpoint,
                               read_checkpoint_meta, save_checkpoint, unflatten_state)
 from pgolf.components import Component, StepEvent
-from pgolf.config import RunConfig
+from pgolf.config import EvalConfig, RunConfig
 from pgolf.errors import UserError
+from pgolf.flags import ADDED_FIELDS
 from pgolf.runlog import RunLogger
 from pgolf.train import Trainer, budget_seconds, train
 
@@ -92,8 +93,8 @@ def test_config_difference_names_the_field() -> None:
     assert config_difference(a, b) is None  # place fields ignored; tuples compare as JSON lists
     b["train"]["seed"] = 2
     assert config_difference(a, b) == "train.seed: 1 -> 2"
-    # a checkpoint from before eval.compile existed reads it as False (pgolf.flags.ADDED_FIELDS)
-    old, new = {"eval": {"stride": 0}}, {"eval": {"stride": 0, "compile": False}}
+    # a checkpoint from before eval.compile (and the other added fields) existed reads it as False
+    old, new = {"eval": {"stride": 0}}, {"eval": {"stride": 0, **ADDED_FIELDS[EvalConfig]}}
     assert config_difference(old, new) is None
     new["eval"]["compile"] = True
     assert config_difference(old, new) == "eval.compile: False -> True"
