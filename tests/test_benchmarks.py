@@ -292,3 +292,17 @@ def test_bundle_size_benchmark_prints_json(tmp_path: Path) -> None:
     assert 0 < result["payload_json_compressed_bytes"] < result["bundle_bytes"]
     dead = result["unreferenced_defs"]
     assert dead["count"] > 0 and dead["payload_without_them_compressed_bytes"] < result["payload_json_compressed_bytes"]
+
+
+def test_ngram_cache_benchmark_prints_json(tmp_path: Path) -> None:
+    out = tmp_path / "ngram.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/ngram_cache.py"), "--tokens", "3000,9000",
+                           "--order", "4", "--vocab", "64", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads(out.read_text()) and [r["tokens"] for r in result["rows"]] == [3000, 9000]
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and row["peak_rss_bytes"] > 0
+        # the synthetic stream reuses pieces: the cache must lower random losses well below their mean
+        assert row["mean_mixed_nll"] < row["mean_model_nll"] - 0.2

@@ -71,12 +71,16 @@ def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: 
     """The mixed loss of every prediction: nll (N,) holds the model's loss of token t at index t (index 0
     unused); returns (N,) float32 with index 0 zero."""
     p_cache, level = cache_probs(tokens, order, vocab_size)
-    grid = torch.tensor(WEIGHT_GRID, dtype=torch.float64, device=nll.device)
-    p_model = torch.exp(-nll[1:].double())[:, None]  # (N-1, 1)
-    log_mix = torch.log((1 - grid) * p_model + grid * p_cache[1:, None])  # (N-1, J)
+    p_model = torch.exp(-nll[1:].double())  # (N-1,)
     _, srt, start = _groups(level[1:])
-    past = _sum_before(log_mix, srt, start)  # (N-1, J) log-likelihood of each weight on earlier same-level positions
-    mixed = torch.logsumexp(torch.log_softmax(past, dim=1) + log_mix, dim=1)  # (N-1,)
+    # log sum_j post_j mix_j with post_j = exp(past_j) / sum_j exp(past_j), one grid column at a time (memory O(N))
+    num = den = None
+    for w in WEIGHT_GRID:
+        log_mix = torch.log((1 - w) * p_model + w * p_cache[1:])  # (N-1,)
+        past = _sum_before(log_mix, srt, start)  # log-likelihood of this weight on earlier same-level positions
+        num = past + log_mix if num is None else torch.logaddexp(num, past + log_mix)
+        den = past if den is None else torch.logaddexp(den, past)
+    mixed = num - den  # (N-1,)
     out = torch.zeros_like(nll, dtype=torch.float32)
     out[1:] = (-mixed).float()
     return out
