@@ -1,7 +1,7 @@
-"""The causal n-gram cache of `eval.ngram_order`: its probabilities are those of the whole distribution counted
-directly from the prefix (which sums to one), nothing at a position moves when later tokens or later model
-scores change, the Bayesian mixture is never much worse than its best fixed weight, and the ledger scores
-with it on one process as on the sums it reports."""
+"""The causal n-gram caches of `eval.ngram_order` (the stream so far, the document so far): their probabilities
+are those of the whole distribution counted directly from the prefix (which sums to one), nothing at a
+position moves when later tokens or later model scores change, the Bayesian mixture is never much worse
+than its best fixed weights, and the ledger reports the mixture of the scores it committed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from test_ttt import flat_luts, one_thread, repetitive_stream, tiny_gpt  # noqa:
 
 from pgolf.config import ConfigError, EvalConfig
 from pgolf.eval import ngram
-from pgolf.eval.ngram import WEIGHT_GRID, cache_distribution, cache_probs, mix_scores, probe_cache
 from pgolf.eval.bpb import TokenLedger
+from pgolf.eval.ngram import (WEIGHT_GRID, cache_distribution, cache_probs, context_documents, mix_scores,
+                              probe_cache)
 from pgolf.eval.sliding import eval_mode, evaluate, score_rows, window_plan, window_rows
+from pgolf.tokenizer import BOS_ID
 
 
 def stream(n: int, vocab: int, seed: int) -> torch.Tensor:
@@ -25,19 +27,33 @@ def stream(n: int, vocab: int, seed: int) -> torch.Tensor:
     return torch.cat([piece, torch.randint(0, vocab, (n // 4,), generator=g), piece, piece])[:n]
 
 
+def highest_seen_order(x: list[int], t: int, order: int, first: int) -> int:
+    """The largest k whose context before t occurred before, at positions from `first` on."""
+    seen = [k for k in range(min(order, t) + 1) if any(x[s - k: s] == x[t - k: t] for s in range(max(k, first), t))]
+    return max(seen) if seen else 0
+
+
+@pytest.mark.parametrize("document", [False, True])
 @pytest.mark.parametrize("vocab,order,seed", [(5, 3, 0), (11, 6, 1), (64, 2, 2), (3, 0, 3)])
-def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: int, seed: int) -> None:
+def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: int, seed: int,
+                                                             document: bool) -> None:
     x = stream(120, vocab, seed)
-    p, level = cache_probs(x, order, vocab)
+    x[[0, 33, 34, 80]] = BOS_ID  # document starts, two of them adjacent
+    docs = context_documents(x) if document else None
+    p, level = cache_probs(x, order, vocab, docs)
     assert p.shape == x.shape and p.dtype == torch.float64
     for t in range(len(x)):
-        dist = cache_distribution(x[:t].tolist(), order, vocab)
+        prefix = x[:t].tolist()
+        dist = cache_distribution(prefix, order, vocab, document)
         assert float(dist.sum()) == pytest.approx(1.0, abs=1e-12) and bool((dist > 0).all())
         assert float(p[t]) == pytest.approx(float(dist[x[t]]), abs=1e-13)
-        # the highest order whose context occurred earlier
-        seen = [k for k in range(min(order, t) + 1) if any(x[i: i + k].tolist() == x[t - k: t].tolist()
-                                                           for i in range(t - k))]
-        assert int(level[t]) == (max(seen) if seen else 0)
+        first = max((i + 1 for i, tok in enumerate(prefix) if tok == BOS_ID), default=0) if document else 0
+        assert int(level[t]) == highest_seen_order(x.tolist(), t, order, first)
+
+
+def test_documents_are_those_of_the_prefix() -> None:
+    x = torch.tensor([BOS_ID, 5, 6, BOS_ID, 7, BOS_ID, BOS_ID, 8])
+    assert context_documents(x).tolist() == [0, 1, 1, 1, 2, 2, 3, 4]  # a BOS target belongs to the document it ends
 
 
 def test_repeats_are_predicted_better_with_higher_orders() -> None:
@@ -48,27 +64,35 @@ def test_repeats_are_predicted_better_with_higher_orders() -> None:
 
 def test_nothing_at_a_position_depends_on_what_follows() -> None:
     x = stream(200, 20, 5)
+    x[[0, 60, 120]] = BOS_ID
     nll = torch.rand(200, generator=torch.Generator().manual_seed(0)) * 4
     for cut in (0, 37, 150, 198):
         y, later = x.clone(), nll.clone()
         y[cut + 1:] = (y[cut + 1:] + 7) % 20
         later[cut + 1:] = later[cut + 1:] * 0.5 + 1
         assert torch.equal(cache_probs(x, 5, 20)[0][: cut + 1], cache_probs(y, 5, 20)[0][: cut + 1])
+        docs_x, docs_y = context_documents(x), context_documents(y)
+        assert torch.equal(docs_x[: cut + 1], docs_y[: cut + 1])
+        assert torch.equal(cache_probs(x, 5, 20, docs_x)[0][: cut + 1], cache_probs(y, 5, 20, docs_y)[0][: cut + 1])
         assert torch.equal(mix_scores(nll, x, 5, 20)[: cut + 1], mix_scores(later, y, 5, 20)[: cut + 1])
 
 
-def test_mixture_is_within_log_grid_of_its_best_fixed_weight_per_level() -> None:
-    # A Bayesian average over J weights loses at most log J nats against the best of them, per level.
+def test_mixture_is_within_log_grid_of_its_best_fixed_weights_per_bucket() -> None:
+    # A Bayesian average over J weight pairs loses at most log J nats against the best of them, per bucket.
     x = stream(600, 30, 6)
+    x[[0, 200, 420]] = BOS_ID
     nll = torch.rand(600, generator=torch.Generator().manual_seed(1)) * 3 + 1.0
     mixed = mix_scores(nll, x, 4, 30)
     assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
-    p_cache, level = cache_probs(x, 4, 30)
+    p_stream, lv_stream = cache_probs(x, 4, 30)
+    p_doc, lv_doc = cache_probs(x, 4, 30, context_documents(x))
     p_model = torch.exp(-nll[1:].double())
+    bucket = lv_stream[1:] * 5 + lv_doc[1:]
     bound = 0.0
-    for lv in level[1:].unique():
-        at = level[1:] == lv
-        fixed = [float(-torch.log((1 - w) * p_model[at] + w * p_cache[1:][at]).sum()) for w in WEIGHT_GRID]
+    for b in bucket.unique():
+        at = bucket == b
+        fixed = [float(-torch.log((1 - u - v) * p_model[at] + u * p_stream[1:][at] + v * p_doc[1:][at]).sum())
+                 for u, v in WEIGHT_GRID]
         bound += min(fixed) + math.log(len(WEIGHT_GRID))
     total = float(mixed[1:].double().sum())
     assert total <= bound + 1e-6
@@ -80,16 +104,18 @@ def test_probe_passes_the_cache_and_catches_one_that_peeks(monkeypatch: pytest.M
     assert honest["cache_causal_ok"] and honest["cache_normalized_ok"]
     real = ngram.cache_probs
 
-    def peeking(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        p, level = real(tokens, order, vocab_size)
+    def peeking(tokens: torch.Tensor, order: int, vocab_size: int,
+                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        p, level = real(tokens, order, vocab_size, documents)
         nxt = torch.cat([tokens[1:], tokens[:1]])  # the token after the target
         return p * (1 + nxt / (4 * vocab_size)), level
 
     monkeypatch.setattr(ngram, "cache_probs", peeking)
     assert not probe_cache(6, 64)["cache_causal_ok"]
 
-    def unnormalised(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        p, level = real(tokens, order, vocab_size)
+    def unnormalised(tokens: torch.Tensor, order: int, vocab_size: int,
+                     documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        p, level = real(tokens, order, vocab_size, documents)
         return (p * 1.5).clamp(max=1.0), level
 
     monkeypatch.setattr(ngram, "cache_probs", unnormalised)

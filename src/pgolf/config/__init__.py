@@ -272,9 +272,9 @@ class EvalConfig:
     whole model after each scored 32k-token chunk), `lora` (per-document LoRA updated after each scored chunk of
     the document). Settings in the ttt section."""
     ngram_order: int = 0
-    """Mix a causal n-gram cache of the already-scored validation stream (orders 0..N, exact counts,
-    Witten-Bell) into the final evaluation's scores, with weights learned from earlier positions only
-    (pgolf.eval.ngram); 0 = off (a fixed predictor)."""
+    """Mix two causal n-gram caches of the already-scored validation tokens (the stream so far and the current
+    document so far; orders 0..N, exact counts, Witten-Bell) into the final evaluation's scores, with weights
+    learned from earlier positions only (pgolf.eval.ngram); 0 = off (a fixed predictor)."""
 
     def validate(self) -> None:
         require(self.seq_len >= 0, f"eval.seq_len={self.seq_len} must be >= 0")

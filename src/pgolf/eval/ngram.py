@@ -1,15 +1,17 @@
 """A causal n-gram cache of the validation stream, mixed into the model's scores (`eval.ngram_order`).
 
-At position t the cache predicts the next token from counts over the tokens before t only: an
+At position t two caches predict the next token from counts over the tokens before t only: one over
+the whole stream so far, one over the current document so far (the tokens since its BOS). Each is an
 interpolated Witten-Bell model of orders 0..K (order k's context is the k tokens before the target),
-backed off to the uniform distribution over the vocabulary, so for every prefix it is a distribution
-over the whole vocabulary that sums to one. The scored probability is a mixture
-p(x_t) = (1 - w) p_model(x_t) + w p_cache(x_t), itself a Bayesian average over a fixed grid of w: each
-grid value is weighted by how well it predicted the earlier positions that matched the same highest
-cache order. Every ingredient of the score at t (the cache's counts, the bucket, the weights) is a
-function of the tokens before t and of the model's scores before t, so the mixture is a causal,
-normalised predictor that uses each token only after it is scored: the single left-to-right pass of
-parameter-golf issue #1017, computed at once with sorts and cumulative sums instead of a Python loop.
+backed off to the uniform distribution over the vocabulary, so for every prefix each is a
+distribution over the whole vocabulary that sums to one. The scored probability is a mixture
+p(x_t) = (1 - a - b) p_model(x_t) + a p_stream(x_t) + b p_document(x_t), itself a Bayesian average over
+a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions whose
+highest matched orders (in the stream cache and in the document cache) were the same as t's. Every
+ingredient of the score at t (the counts, the bucket, the weights) is a function of the tokens before t
+and of the model's scores before t, so the mixture is a causal, normalised predictor that uses each
+token only after it is scored: the single left-to-right pass of parameter-golf issue #1017, computed at
+once with sorts and cumulative sums instead of a Python loop.
 
 Counting is exact (contexts are numbered by `torch.unique`, never hashed): nothing is keyed on the
 target, the pattern the challenge ruled out for hashed caches.
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 import torch
 
-# The mixture weights of the cache, averaged with a uniform prior (0: the model alone).
-WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+from pgolf.tokenizer import BOS_ID
+
+# The (stream, document) cache weights the mixture averages over, with a uniform prior ((0, 0): the model alone).
+_STEPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
+WEIGHT_GRID = tuple((a, b) for a in _STEPS for b in _STEPS if a + b <= 0.95)
 
 
 def _groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,14 +51,24 @@ def _sum_before(values: torch.Tensor, order: torch.Tensor, start: torch.Tensor) 
     return out
 
 
-def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def context_documents(tokens: torch.Tensor) -> torch.Tensor:
+    """(N,) int64: the document each prediction is made in, the number of BOS tokens before position t
+    (a function of the prefix, never of the target: a BOS target is predicted in the document it ends)."""
+    bos = (tokens == BOS_ID).long()
+    return torch.cumsum(bos, 0) - bos
+
+
+def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int,
+                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The cache's probability of each token given the tokens before it, (N,) float64 (position 0: the
-    uniform 1/V), and the highest order whose context occurred before, (N,) int64."""
+    uniform 1/V), and the highest order whose context occurred before, (N,) int64. With `documents`
+    (`context_documents`) only earlier positions of the same document count."""
     x = tokens.long()
     n = x.numel()
     p = torch.full((n,), 1.0 / vocab_size, dtype=torch.float64, device=x.device)
     level = torch.zeros(n, dtype=torch.long, device=x.device)
-    ctx = torch.zeros(n, dtype=torch.long, device=x.device)  # context number of order k at each position >= k
+    # context number of order k at each position >= k (order 0: the document, or one context for the stream)
+    ctx = torch.zeros(n, dtype=torch.long, device=x.device) if documents is None else documents.long().clone()
     for k in range(min(order, n - 1) + 1):
         if k:  # order k's context at t: the token at t-k before order k-1's context at t
             ctx = torch.cat([ctx[:k], torch.unique(ctx[k:] * vocab_size + x[: n - k], return_inverse=True)[1]])
@@ -70,14 +85,16 @@ def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int) -> tuple[torc
 def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
     """The mixed loss of every prediction: nll (N,) holds the model's loss of token t at index t (index 0
     unused); returns (N,) float32 with index 0 zero."""
-    p_cache, level = cache_probs(tokens, order, vocab_size)
+    p_stream, lv_stream = cache_probs(tokens, order, vocab_size)
+    p_doc, lv_doc = cache_probs(tokens, order, vocab_size, context_documents(tokens))
     p_model = torch.exp(-nll[1:].double())  # (N-1,)
-    _, srt, start = _groups(level[1:])
-    # log sum_j post_j mix_j with post_j = exp(past_j) / sum_j exp(past_j), one grid column at a time (memory O(N))
+    p_stream, p_doc = p_stream[1:], p_doc[1:]
+    _, srt, start = _groups(lv_stream[1:] * (order + 1) + lv_doc[1:])
+    # log sum_j post_j mix_j with post_j = exp(past_j) / sum_j exp(past_j), one grid pair at a time (memory O(N))
     num = den = None
-    for w in WEIGHT_GRID:
-        log_mix = torch.log((1 - w) * p_model + w * p_cache[1:])  # (N-1,)
-        past = _sum_before(log_mix, srt, start)  # log-likelihood of this weight on earlier same-level positions
+    for a, b in WEIGHT_GRID:
+        log_mix = torch.log((1 - a - b) * p_model + a * p_stream + b * p_doc)  # (N-1,)
+        past = _sum_before(log_mix, srt, start)  # log-likelihood of this pair on earlier positions of the bucket
         num = past + log_mix if num is None else torch.logaddexp(num, past + log_mix)
         den = past if den is None else torch.logaddexp(den, past)
     mixed = num - den  # (N-1,)
@@ -86,14 +103,16 @@ def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: 
     return out
 
 
-def cache_distribution(prefix: list[int], order: int, vocab_size: int) -> torch.Tensor:
+def cache_distribution(prefix: list[int], order: int, vocab_size: int, document: bool = False) -> torch.Tensor:
     """The cache's whole next-token distribution after `prefix`, (V,) float64, counted directly from the
-    prefix: the independent check of `cache_probs` (it must agree at the token that follows, and sum to one)."""
+    prefix (with `document`, from positions after its last BOS only): the independent check of
+    `cache_probs` (it must agree at the token that follows, and sum to one)."""
     p = torch.full((vocab_size,), 1.0 / vocab_size, dtype=torch.float64)
     n = len(prefix)
+    first = max((i for i, tok in enumerate(prefix) if tok == BOS_ID), default=-1) + 1 if document else 0
     for k in range(min(order, n) + 1):
         context = prefix[n - k:]
-        follow = [prefix[i + k] for i in range(n - k) if prefix[i: i + k] == context]
+        follow = [prefix[s] for s in range(max(k, first), n) if prefix[s - k: s] == context]
         if follow:
             counts = torch.bincount(torch.tensor(follow), minlength=vocab_size).double()
             types = float((counts > 0).sum())
@@ -102,23 +121,27 @@ def cache_distribution(prefix: list[int], order: int, vocab_size: int) -> torch.
 
 
 def probe_cache(order: int, vocab_size: int, seed: int = 0) -> dict[str, float | bool]:
-    """Causality and normalisation of the cache on a random stream with repeats (never validation data):
-    probabilities up to a position do not move when later tokens change, and at a few positions the whole
-    distribution, counted directly, sums to one and gives the probability `cache_probs` scored."""
+    """Causality and normalisation of both caches on a random stream with repeats and document starts
+    (never validation data): probabilities up to a position do not move when later tokens change, and at
+    a few positions the whole distribution, counted directly, sums to one and gives the probability
+    `cache_probs` scored."""
     g = torch.Generator().manual_seed(seed)
     piece = torch.randint(0, vocab_size, (40,), generator=g)
     x = torch.cat([piece, torch.randint(0, vocab_size, (20,), generator=g), piece, piece[:30]])  # (130,)
+    x[[0, 50, 100]] = BOS_ID if vocab_size > BOS_ID else 0
     cut = 70
     y = x.clone()
     y[cut + 1:] = torch.randint(0, vocab_size, (x.numel() - cut - 1,), generator=g)
-    p, _ = cache_probs(x, order, vocab_size)
-    q, _ = cache_probs(y, order, vocab_size)
-    sums, agree = [], []
-    for t in (1, 45, 75, x.numel() - 1):
-        dist = cache_distribution(x[:t].tolist(), order, vocab_size)
-        sums.append(abs(float(dist.sum()) - 1.0))
-        agree.append(abs(float(dist[x[t]]) - float(p[t])))
-    causal = float((p[: cut + 1] - q[: cut + 1]).abs().max())
+    causal, sums, agree = 0.0, [], []
+    for document in (False, True):
+        docs = (lambda z: context_documents(z)) if document else (lambda z: None)
+        p, _ = cache_probs(x, order, vocab_size, docs(x))
+        q, _ = cache_probs(y, order, vocab_size, docs(y))
+        causal = max(causal, float((p[: cut + 1] - q[: cut + 1]).abs().max()))
+        for t in (1, 45, 50, 75, x.numel() - 1):
+            dist = cache_distribution(x[:t].tolist(), order, vocab_size, document)
+            sums.append(abs(float(dist.sum()) - 1.0))
+            agree.append(abs(float(dist[x[t]]) - float(p[t])))
     return {"cache_earlier_max_abs_change": causal, "cache_sum_max_abs_error": max(sums),
             "cache_vs_direct_max_abs_diff": max(agree), "cache_causal_ok": causal == 0.0,
             "cache_normalized_ok": max(sums) <= 1e-9 and max(agree) <= 1e-12}
