@@ -157,7 +157,7 @@ def cpu_record_tuned() -> RunConfig:
     """What measured better than cpu-baseline on the CPU track itself (docs/LOG.md, 2026-11-26 ablations):
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), learning rates 0.7x cpu-baseline's,
     a warm-down over the last 45% of the budget, per-document LoRA test-time training at evaluation
-    (score-first, inside 600 s, at a learning rate screened on a trained model), and an order-8 n-gram cache
+    (score-first, inside 600 s, at a learning rate screened on a trained model), and order-8 n-gram caches
     of the already-scored validation tokens mixed into the scores (`eval.ngram_order`).
 
     The records' optimiser switches (MuonEq-R, weight decay, EMA, late QAT, their learning rates and
@@ -180,8 +180,8 @@ def cpu_record_tuned() -> RunConfig:
         # bits per tensor between 6 and 8 chosen so the artifact always fits (all 8 while it does)
         quant=dict(scheme="intx", matrix_bits=8, embed_bits=8, matrix_clip="gptq_lite", compressor="best",
                    allocate_bits=True, min_bits=6, max_bits=8),
-        # the n-gram cache of the scored stream mixed into the LoRA-adapted scores: -0.047 bpb on each of 3 seeds'
-        # artifacts (orders 6-16 within 0.0002 of each other, 4 0.0015 worse; docs/LOG.md)
+        # n-gram caches of the scored stream and of the current document mixed into the LoRA-adapted scores:
+        # -0.059 to -0.062 bpb on each of 3 seeds' artifacts (orders 6-16 within 0.0002, 4 0.0015 worse; docs/LOG.md)
         eval=dict(ttt="lora", ngram_order=8),
         # the adapters' Adam rate, screened on a trained model: 0.006 scored 0.026 below the default 0.001
         # (0.002-0.01 all gain; 0.015 overshoots); rank 16 instead of 8 did not help at this rate
