@@ -152,3 +152,19 @@ def test_ledger_reports_the_mixture_of_the_committed_scores() -> None:
 def test_order_is_validated(bad: int) -> None:
     with pytest.raises(ConfigError, match="eval.ngram_order"):
         EvalConfig(ngram_order=bad).validate()
+
+
+def test_mixing_hands_collectives_only_run_device_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What only a GPU run would show: the all-reduced model losses live on the ledger's device, and the mixing
+    # makes no tensor without `device=` (tests/test_devices.py's interception).
+    from test_devices import Collectives, DevicelessFactoriesGoToMeta
+
+    tokens = repetitive_stream(300, seed=5)
+    plain = evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256, ngram_order=3)
+    model = tiny_gpt()  # built outside: its init makes host tensors and moves them
+    seen = Collectives(monkeypatch)
+    with DevicelessFactoriesGoToMeta():
+        r = evaluate(model, tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256, ngram_order=3)
+    assert r.bpb == plain.bpb and r.ledger.ngram_order == 3
+    assert [name for name, _ in seen.seen].count("all_reduce") >= 4  # coverage, releases, the losses, the totals
+    assert all(device == torch.device("cpu") for _, device in seen.seen), seen.seen
