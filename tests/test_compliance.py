@@ -87,13 +87,18 @@ def test_eval_with_the_ngram_cache_reports_its_checks(setup: tuple[RunConfig, Pa
     assert main(["eval", str(art), "--eval.ttt", "lora", "--eval.ngram_order", "4", "--eval.max_tokens", "320"]) == 0
     out = capsys.readouterr().out
     assert "compliance: COMPLIANT" in out and "n-gram cache too (0.0e+00)" in out
-    assert "mixed with an order-4 n-gram cache" in out
+    assert "mixed with order-4 n-gram caches" in out and "(eval-time adaptation, counted after scoring)" in out
     rep = json.loads(art.with_name("compliance.json").read_text())
     c = rep["conditions"]
     assert c["causal"]["checked"]["cache_earlier_max_abs_change"] == 0.0
     assert c["normalized"]["checked"]["cache_sum_max_abs_error"] < 1e-9
     assert c["score_before_update"]["checked"]["ngram_order"] == 4
     assert "ttt_lora.ngram" in rep["time"]["stages_seconds"]
+    # a sliding evaluation with the caches is not a fixed predictor, and the report does not call it one
+    assert main(["eval", str(art), "--eval.ngram_order", "2", "--eval.max_tokens", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "no weight adaptation (0 predictions released); mixed with order-2 n-gram caches" in out
+    assert "fixed predictor" not in out
 
 
 def test_over_budget_evaluation_is_non_compliant(setup: tuple[RunConfig, Path],

@@ -169,12 +169,15 @@ def format_report(rep: dict[str, Any]) -> list[str]:
                      + (f"; n-gram cache sums to 1 (max |1 - sum| {probe['cache_sum_max_abs_error']:.1e})"
                         if cache else ""))
     if adapt["adaptation"] == "none":
-        what = f"no adaptation (fixed predictor; {adapt['predictions_adapted_on']:,} predictions released)"
+        released = f"{adapt['predictions_adapted_on']:,} predictions released"
+        what = (f"no weight adaptation ({released})" if adapt.get("ngram_order")
+                else f"no adaptation (fixed predictor; {released})")
     else:
         what = (f"{adapt['predictions_adapted_on']:,} predictions adapted on ({adapt['adaptation']}), each after its "
                 f"score was committed ({adapt['releases']:,} releases)")
     if adapt.get("ngram_order"):
-        what += f"; mixed with an order-{adapt['ngram_order']} n-gram cache of the tokens before each target"
+        what += (f"; mixed with order-{adapt['ngram_order']} n-gram caches of the tokens before each target "
+                 f"(eval-time adaptation, counted after scoring)")
     lines.append(f"  3 score before use  {mark[c['score_before_update']['ok']]:4s} {what}")
     lines.append(f"  4 single pass       {mark[c['single_pass']['ok']]:4s} {once['scored_exactly_once']:,} of "
                  f"{once['predictions']:,} predictions scored exactly once")
