@@ -97,7 +97,7 @@ class LedgerReport:
     num_scored: int  # predictions scored exactly once (== num_positions, or `finish` raises)
     num_adapted: int  # predictions adaptation was given, each only after it was scored
     num_releases: int  # spans released to adapters (rank 0's count; every rank releases alike or none)
-    ngram_order: int = 0  # order of the causal n-gram cache mixed into the scores (0: none; pgolf.eval.ngram)
+    ngram_order: int = 0  # order of the causal n-gram caches mixed into the scores (0: none; pgolf.eval.ngram)
     ngram_seconds: float = 0.0  # time the mixing took (this rank)
 
 
@@ -113,8 +113,9 @@ class TokenLedger:
     adapting before scoring is not a flag but an error. The byte count of each committed position is
     the metric's (`target_byte_counts`), so the totals are val_bpb. Bookkeeping of which positions are
     scored lives on the host and follows from the row descriptors alone: no device sync per batch.
-    With `ngram_order` > 0, `finish` turns the committed losses into those of the model mixed with a causal
-    n-gram cache of the stream (`pgolf.eval.ngram`), once every prediction is scored.
+    With `ngram_order` > 0, `finish` turns the committed losses into those of the model mixed with causal
+    n-gram caches of the stream and of the current document (`pgolf.eval.ngram`), once every prediction
+    is scored.
     """
 
     def __init__(self, tokens: torch.Tensor, luts: ByteLuts, device: torch.device | str = "cpu",
@@ -235,12 +236,13 @@ class TokenLedger:
         t0 = time.perf_counter()
         if self.ngram_order:
             self._mix_cache()
+        ngram_seconds = time.perf_counter() - t0
         totals = self.totals()
         totals.all_reduce()
         self._check_finite(totals)
         report = LedgerReport(num_positions=int(counts.size), num_scored=int((counts == 1).sum()),
                               num_adapted=int((released > 0).sum()), num_releases=self.num_releases,
-                              ngram_order=self.ngram_order, ngram_seconds=time.perf_counter() - t0)
+                              ngram_order=self.ngram_order, ngram_seconds=ngram_seconds)
         return totals, report
 
     def _mix_cache(self) -> None:
@@ -250,7 +252,8 @@ class TokenLedger:
 
         mine = torch.from_numpy(self._mine).to(self.device)  # (N,)
         model_nll = all_reduce_sum_(torch.where(mine, self._nll[:-1], 0.0))  # (N,) each scored by one rank
-        mixed = mix_scores(model_nll, self._tokens, self.ngram_order, int(self._luts.base_bytes.numel()))  # (N,)
+        vocab = int(self._luts.base_bytes.numel())  # the byte tables cover every id of the model and the tokenizer
+        mixed = mix_scores(model_nll, self._tokens, self.ngram_order, vocab)  # (N,)
         self._nll[:-1] = torch.where(mine, mixed, 0.0)
 
     def _check_finite(self, totals: BpbTotals) -> None:

@@ -1,4 +1,4 @@
-"""A causal n-gram cache of the validation stream, mixed into the model's scores (`eval.ngram_order`).
+"""Causal n-gram caches of the validation tokens, mixed into the model's scores (`eval.ngram_order`).
 
 At position t two caches predict the next token from counts over the tokens before t only: one over
 the whole stream so far, one over the current document so far (the tokens since its BOS). Each is an
