@@ -172,9 +172,8 @@ def test_ttt_code_ships_in_the_bundle_of_a_config_that_uses_it() -> None:
     from pgolf.presets import get_preset
 
     cfg = get_preset("test-tiny")
-    for flags, module in ((["--eval.ttt", "chunked"], "pgolf.eval.ttt"), (["--eval.ttt", "lora"], "pgolf.eval.lora"),
-                          (["--eval.ngram_order", "4"], "pgolf.eval.ngram")):
-        adapting = apply_overrides(cfg, flags)
+    for mode, module in (("chunked", "pgolf.eval.ttt"), ("lora", "pgolf.eval.lora")):
+        adapting = apply_overrides(cfg, ["--eval.ttt", mode])
         assert module not in bundle_modules(cfg) and module in bundle_modules(adapting)
         assert code_bytes(adapting) > code_bytes(cfg)
 
