@@ -311,7 +311,7 @@ class TTTConfig:
     """`lora`: adapter scale is lora_alpha / lora_rank."""
     lora_lr: float = 0.001
     """`lora`: Adam learning rate of the steps after each scored chunk (records: 1e-4 at rank 96;
-    cpu-record-tuned: 0.006, screened on a trained CPU-track model)."""
+    cpu-record-tuned: 0.004, screened on a trained CPU-track model)."""
     lora_steps: int = 1
     """`lora`: Adam steps on each scored chunk, each after the first on a new forward over the chunk's windows
     (on the CPU track 2 steps overfit the chunk: +0.04 to +0.08 bpb, docs/LOG.md)."""
