@@ -13,7 +13,6 @@ figure a 62M-token FineWeb validation run would have to fit. The CPU track's val
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from jsonout import emit
 
 from pgolf.eval.ngram import mix_scores
+from pgolf.runlog import peak_memory_bytes
 
 
 def synthetic_stream(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -33,14 +33,13 @@ def synthetic_stream(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return rows.flatten()[:n]
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+CPU = torch.device("cpu")
 
 
 def measure(n: int, order: int, vocab: int, device: torch.device) -> dict[str, Any]:
     tokens = synthetic_stream(n, vocab).to(device)
     nll = (torch.rand(n, generator=torch.Generator().manual_seed(1)) * 6).to(device)
-    before = peak_rss_bytes()
+    before = peak_memory_bytes(CPU)  # the process's max resident set
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
@@ -50,11 +49,11 @@ def measure(n: int, order: int, vocab: int, device: torch.device) -> dict[str, A
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t
     row: dict[str, Any] = {"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
-                           "peak_rss_bytes": peak_rss_bytes(), "peak_rss_growth_bytes": peak_rss_bytes() - before,
+                           "peak_rss_bytes": peak_memory_bytes(CPU), "peak_rss_growth_bytes": peak_memory_bytes(CPU) - before,
                            "mean_model_nll": float(nll[1:].double().mean()),
                            "mean_mixed_nll": float(mixed[1:].double().mean())}
     if device.type == "cuda":
-        row["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        row["cuda_peak_bytes"] = peak_memory_bytes(device)
     return row
 
 

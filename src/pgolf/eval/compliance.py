@@ -34,11 +34,11 @@ COMPLIANCE_NAME = "compliance.json"
 GUARANTEES = {
     "causal": "each score is the causal model's prediction from tokens before the target, in windows the ledger "
               "builds (inputs end before the scored target; lora: only the document's own prefix); adaptation "
-              "changes weights only from tokens already scored; an n-gram cache (eval.ngram_order) counts only "
-              "tokens before the target and weighs itself by earlier positions' scores",
+              "changes weights only from tokens already scored; the n-gram caches (eval.ngram_order) count only "
+              "tokens before the target and are weighed by earlier positions' scores",
     "normalized": "each score is the cross-entropy of a softmax over all vocabulary logits at that position; "
-                  "nothing is keyed on the target; the n-gram cache is a distribution over the whole vocabulary "
-                  "(exact counts backed off to uniform) and the score a mixture of the two",
+                  "nothing is keyed on the target; each n-gram cache is a distribution over the whole vocabulary "
+                  "(exact counts backed off to uniform) and the score a mixture of them and the model",
     "score_before_update": "adapters get validation tokens only from the ledger's AdaptationView, which raises "
                            "LedgerError for any span holding an unscored prediction; the last chunk is never "
                            "adapted on; a document's chunk is learned from only after it is committed",
