@@ -8,7 +8,9 @@
 #   benchmarks/gpu_check.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]
 #
 # TOTAL_SECONDS (default 540) caps the whole script: a stage gets at most what is left of it.
-# ONLY="r609 lora" runs just the named stages (env, r1992, r609, lora, pytest).
+# ONLY="r609 lora" runs just the named stages (env, r1992, r609, lora, ngram, ngram8k, ngram_eval, ngram_lora, pytest).
+# ARTIFACT=FILE also scores that artifact with the n-gram caches on the device (stage ngram_eval), with
+# and without per-document LoRA TTT, for comparison with the same commands on a CPU.
 #
 # Needs `pgolf` importable (PYTHONPATH=src will do) and data/ prepared (`pgolf prepare`).
 set -u
@@ -54,6 +56,17 @@ if [ -n "$art" ]; then
     cp "$art" "$work/r609_artifact.ptz"
     stage lora 120 "$py" -m pgolf eval "$work/r609_artifact.ptz" --eval.ttt lora --eval.max_tokens 65536
 fi
+# the n-gram caches' mixing on the device, up to the length of FineWeb's validation set (62M tokens)
+stage ngram 150 "$py" benchmarks/ngram_cache.py --device cuda --tokens 318464,4000000,16000000,62000000 \
+    --out "$out/ngram-cuda-1024.json"
+stage ngram8k 100 "$py" benchmarks/ngram_cache.py --device cuda --vocab 8192 --tokens 318464,62000000 \
+    --out "$out/ngram-cuda-8192.json"
+if [ -n "${ARTIFACT:-}" ]; then
+    cp "$ARTIFACT" "$work/given.ptz"
+    stage ngram_eval 150 "$py" -m pgolf eval "$work/given.ptz" --eval.ngram_order 8
+    stage ngram_lora 150 "$py" -m pgolf eval "$work/given.ptz" --eval.ngram_order 8 --eval.ttt lora \
+        --ttt.lora_lr 0.004 --eval.max_tokens 65536
+fi
 # the unit suite with a GPU visible (auto devices pick CUDA wherever a test leaves them on auto)
-stage pytest 200 "$py" -m pytest -q -x -p no:cacheprovider -n 8 --timeout 150
+stage pytest 240 "$py" -m pytest -q --maxfail=20 -p no:cacheprovider -n 8 --timeout 150
 tar -czf "$out/gpu_check.tar.gz" -C "$work" --exclude '*.ptz' --exclude '*.safetensors' --exclude '*.pt' .

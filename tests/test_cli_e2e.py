@@ -262,6 +262,9 @@ def _start_and_signal(root: Path, run_id: str, extra: list[str], sig: int, wait_
     log = root / "runs" / run_id / "log.txt"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and wait_for in log.read_text()):
+        if proc.poll() is not None:  # it ended before the signal could reach it: say why, not a timeout
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its log showed {wait_for!r}: {err[-2000:]}")
         time.sleep(0.1)
     time.sleep(0.3)
     proc.send_signal(sig)

@@ -115,3 +115,28 @@ def test_the_exported_average_has_no_fake_quantisation_either(tmp_path) -> None:
     result = train(cfg, CPU, RunLogger(None, echo=False), trainer=trainer)
     assert result.export_source == "ema" and result.model is not trainer.model
     assert not any(getattr(m, "weight_transform", None) for m in result.model.modules())
+
+
+
+@pytest.mark.parametrize("clip", ["percentile", "gptq_lite", "sdclip"])
+def test_fake_quantize_compiles_whole_without_torch_quantile(clip: str) -> None:
+    # torch.quantile under symbolic shapes failed a compiled late-QAT forward on CUDA with torch 2.11; the
+    # compiled path must trace the fake quantisation in one graph, with no quantile call, and match eager.
+    cfg = apply_overrides(qat_config(), ["--quant.matrix_clip", clip])
+    plan = next(iter(qat_targets(GPT(cfg.model), cfg).values()))
+    assert plan.clip == clip
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recorder(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fake_quantize, backend=recorder, fullgraph=True, dynamic=True)
+    for extra in (0, 3):  # two row counts under symbolic sizes, as automatic dynamic shapes make them
+        rows = plan.shape[0] + extra
+        here = dataclasses.replace(plan, shape=(rows, plan.shape[1]))
+        w = torch.randn(rows, plan.shape[1], generator=torch.Generator().manual_seed(rows))
+        assert torch.equal(compiled(w, here), fake_quantize(w, here))
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    assert graphs and not any("quantile" in t for t in targets), targets

@@ -39,8 +39,23 @@ def _kth_quantile_rows(a: Tensor, q: float) -> Tensor:
     return torch.lerp(below, above, rank - lo)
 
 
+def _sorted_quantile_rows(a: Tensor, q: float) -> Tensor:
+    """torch.quantile(a, q, dim=1) from one sort and no data-dependent Python, so that a compiled forward
+    (late QAT) traces it whole: torch.quantile itself fails under symbolic shapes in some torch versions
+    (seen with 2.11 on CUDA). The same arithmetic as `_kth_quantile_rows`."""
+    n = a.shape[1]
+    rank = torch.tensor(q, dtype=a.dtype, device=a.device) * (n - 1)  # ()
+    lo, hi = rank.floor(), rank.ceil()  # ()
+    ordered = a.sort(dim=1).values  # (R, n)
+    below = ordered.index_select(1, lo.long().view(1)).squeeze(1)  # (R,)
+    above = ordered.index_select(1, hi.long().view(1)).squeeze(1)  # (R,)
+    return torch.lerp(below, above, rank - lo)
+
+
 def row_quantile(a: Tensor, q: float) -> Tensor:
     """Per-row quantile of a float32 matrix, equal to torch.quantile(a, q, dim=1) at any size."""
+    if torch.compiler.is_compiling():
+        return _sorted_quantile_rows(a, q)
     num_rows, row_len = a.shape
     if row_len > QUANTILE_MAX_NUMEL:
         return _kth_quantile_rows(a, q)
