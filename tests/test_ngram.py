@@ -15,7 +15,7 @@ from pgolf.config import ConfigError, EvalConfig
 from pgolf.eval import ngram
 from pgolf.eval.bpb import TokenLedger
 from pgolf.eval.ngram import (WEIGHT_GRID, cache_distribution, cache_probs, context_documents, mix_scores,
-                              probe_cache)
+                              mixing_inputs, probe_cache)
 from pgolf.eval.sliding import eval_mode, evaluate, score_rows, window_plan, window_rows
 from pgolf.tokenizer import BOS_ID
 
@@ -33,6 +33,16 @@ def highest_seen_order(x: list[int], t: int, order: int, first: int) -> int:
     return max(seen) if seen else 0
 
 
+def context_state(x: list[int], t: int, k: int, first: int) -> int:
+    """The state `cache_probs` gives at t, counted directly: 2 x the bin of how often the order-k context
+    before t occurred before (from `first` on) + 1 if a single token followed all those occurrences."""
+    follow = [x[s] for s in range(max(k, first), t) if x[s - k: s] == x[t - k: t]]
+    if not follow:
+        return 0
+    count_bin = sum(len(follow) > edge for edge in ngram.COUNT_BINS)
+    return 2 * count_bin + (len(set(follow)) == 1)
+
+
 @pytest.mark.parametrize("document", [False, True])
 @pytest.mark.parametrize("vocab,order,seed", [(5, 3, 0), (11, 6, 1), (64, 2, 2), (3, 0, 3)])
 def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: int, seed: int,
@@ -40,7 +50,7 @@ def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: 
     x = stream(120, vocab, seed)
     x[[0, 33, 34, 80]] = BOS_ID  # document starts, two of them adjacent
     docs = context_documents(x) if document else None
-    p, level = cache_probs(x, order, vocab, docs)
+    p, level, state = cache_probs(x, order, vocab, docs)
     assert p.shape == x.shape and p.dtype == torch.float64
     for t in range(len(x)):
         prefix = x[:t].tolist()
@@ -49,6 +59,7 @@ def test_probabilities_are_the_directly_counted_distribution(vocab: int, order: 
         assert float(p[t]) == pytest.approx(float(dist[x[t]]), abs=1e-13)
         first = max((i + 1 for i, tok in enumerate(prefix) if tok == BOS_ID), default=0) if document else 0
         assert int(level[t]) == highest_seen_order(x.tolist(), t, order, first)
+        assert int(state[t]) == context_state(x.tolist(), t, int(level[t]), first)
 
 
 def test_documents_are_those_of_the_prefix() -> None:
@@ -84,14 +95,12 @@ def test_mixture_is_within_log_grid_of_its_best_fixed_weights_per_bucket() -> No
     nll = torch.rand(600, generator=torch.Generator().manual_seed(1)) * 3 + 1.0
     mixed = mix_scores(nll, x, 4, 30)
     assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
-    p_stream, lv_stream = cache_probs(x, 4, 30)
-    p_doc, lv_doc = cache_probs(x, 4, 30, context_documents(x))
-    p_model = torch.exp(-nll[1:].double())
-    bucket = lv_stream[1:] * 5 + lv_doc[1:]
+    p_model, p_stream, p_doc, bucket = mixing_inputs(nll, x, 4, 30)
+    assert len(bucket.unique()) > 10  # orders, counts and who won last carve the stream into many buckets
     bound = 0.0
     for b in bucket.unique():
         at = bucket == b
-        fixed = [float(-torch.log((1 - u - v) * p_model[at] + u * p_stream[1:][at] + v * p_doc[1:][at]).sum())
+        fixed = [float(-torch.log((1 - u - v) * p_model[at] + u * p_stream[at] + v * p_doc[at]).sum())
                  for u, v in WEIGHT_GRID]
         bound += min(fixed) + math.log(len(WEIGHT_GRID))
     total = float(mixed[1:].double().sum())
@@ -105,18 +114,18 @@ def test_probe_passes_the_cache_and_catches_one_that_peeks(monkeypatch: pytest.M
     real = ngram.cache_probs
 
     def peeking(tokens: torch.Tensor, order: int, vocab_size: int,
-                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        p, level = real(tokens, order, vocab_size, documents)
+                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p, level, state = real(tokens, order, vocab_size, documents)
         nxt = torch.cat([tokens[1:], tokens[:1]])  # the token after the target
-        return p * (1 + nxt / (4 * vocab_size)), level
+        return p * (1 + nxt / (4 * vocab_size)), level, state
 
     monkeypatch.setattr(ngram, "cache_probs", peeking)
     assert not probe_cache(6, 64)["cache_causal_ok"]
 
     def unnormalised(tokens: torch.Tensor, order: int, vocab_size: int,
-                     documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        p, level = real(tokens, order, vocab_size, documents)
-        return (p * 1.5).clamp(max=1.0), level
+                     documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p, level, state = real(tokens, order, vocab_size, documents)
+        return (p * 1.5).clamp(max=1.0), level, state
 
     monkeypatch.setattr(ngram, "cache_probs", unnormalised)
     bad = probe_cache(6, 64)

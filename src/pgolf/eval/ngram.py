@@ -6,8 +6,10 @@ interpolated Witten-Bell model of orders 0..K (order k's context is the k tokens
 backed off to the uniform distribution over the vocabulary, so for every prefix each is a
 distribution over the whole vocabulary that sums to one. The scored probability is a mixture
 p(x_t) = (1 - a - b) p_model(x_t) + a p_stream(x_t) + b p_document(x_t), itself a Bayesian average over
-a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions whose
-highest matched orders (in the stream cache and in the document cache) were the same as t's. Every
+a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions in t's
+bucket. The bucket describes the state before t: the highest matched order in each cache, how often
+the stream cache's context occurred (6 bins), whether each cache's context was always followed by the
+same token, and whether at t-1 a cache gave the scored token more probability than the model. Every
 ingredient of the score at t (the counts, the bucket, the weights) is a function of the tokens before t
 and of the model's scores before t, so the mixture is a causal, normalised predictor that uses each
 token only after it is scored: the single left-to-right pass of parameter-golf issue #1017, computed at
@@ -58,15 +60,21 @@ def context_documents(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(bos, 0) - bos
 
 
+COUNT_BINS = (1, 2, 4, 8, 16)  # bins of a context's earlier occurrences: <=1, 2, 3-4, 5-8, 9-16, >16
+
+
 def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int,
-                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cache's probability of each token given the tokens before it, (N,) float64 (position 0: the
-    uniform 1/V), and the highest order whose context occurred before, (N,) int64. With `documents`
-    (`context_documents`) only earlier positions of the same document count."""
+    uniform 1/V); the highest order whose context occurred before, (N,) int64; and that context's state,
+    (N,) int64: 2 x the bin (`COUNT_BINS`) of its earlier occurrences + 1 if one token alone followed it.
+    With `documents` (`context_documents`) only earlier positions of the same document count."""
     x = tokens.long()
     n = x.numel()
     p = torch.full((n,), 1.0 / vocab_size, dtype=torch.float64, device=x.device)
     level = torch.zeros(n, dtype=torch.long, device=x.device)
+    state = torch.zeros(n, dtype=torch.long, device=x.device)
+    bins = torch.tensor(COUNT_BINS, dtype=torch.long, device=x.device)
     # context number of order k at each position >= k (order 0: the document, or one context for the stream)
     ctx = torch.zeros(n, dtype=torch.long, device=x.device) if documents is None else documents.long().clone()
     for k in range(min(order, n - 1) + 1):
@@ -79,17 +87,30 @@ def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int,
         lower = p[k:]
         p[k:] = torch.where(seen > 0, (seen_pair + types * lower) / (seen + types).clamp(min=1), lower)
         level[k:] = torch.where(seen > 0, k, level[k:])
-    return p, level
+        state[k:] = torch.where(seen > 0, 2 * torch.bucketize(seen, bins) + (types == 1).long(), state[k:])
+    return p, level, state
+
+
+def mixing_inputs(nll: torch.Tensor, tokens: torch.Tensor, order: int,
+                  vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the predictions 1..N-1: the model's, the stream cache's and the document cache's probability of
+    the scored token (float64), and the bucket (int64) whose earlier positions set the mixture's weights."""
+    p_stream, lv_stream, st_stream = cache_probs(tokens, order, vocab_size)
+    p_doc, lv_doc, st_doc = cache_probs(tokens, order, vocab_size, context_documents(tokens))
+    p_model = torch.exp(-nll[1:].double())  # (N-1,)
+    p_stream, p_doc = p_stream[1:], p_doc[1:]
+    cache_won = torch.zeros_like(lv_stream[1:])  # at the previous prediction, a cache beat the model
+    cache_won[1:] = (torch.maximum(p_stream[:-1], p_doc[:-1]) > p_model[:-1]).long()
+    pair = lv_stream[1:] * (order + 1) + lv_doc[1:]
+    bucket = ((pair * 2 * (len(COUNT_BINS) + 1) + st_stream[1:]) * 2 + st_doc[1:] % 2) * 2 + cache_won
+    return p_model, p_stream, p_doc, bucket
 
 
 def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
     """The mixed loss of every prediction: nll (N,) holds the model's loss of token t at index t (index 0
     unused); returns (N,) float32 with index 0 zero."""
-    p_stream, lv_stream = cache_probs(tokens, order, vocab_size)
-    p_doc, lv_doc = cache_probs(tokens, order, vocab_size, context_documents(tokens))
-    p_model = torch.exp(-nll[1:].double())  # (N-1,)
-    p_stream, p_doc = p_stream[1:], p_doc[1:]
-    _, srt, start = _groups(lv_stream[1:] * (order + 1) + lv_doc[1:])
+    p_model, p_stream, p_doc, bucket = mixing_inputs(nll, tokens, order, vocab_size)
+    _, srt, start = _groups(bucket)
     # log sum_j post_j mix_j with post_j = exp(past_j) / sum_j exp(past_j), one grid pair at a time (memory O(N))
     num = den = None
     for a, b in WEIGHT_GRID:
@@ -135,8 +156,8 @@ def probe_cache(order: int, vocab_size: int, seed: int = 0) -> dict[str, float |
     causal, sums, agree = 0.0, [], []
     for document in (False, True):
         docs = (lambda z: context_documents(z)) if document else (lambda z: None)
-        p, _ = cache_probs(x, order, vocab_size, docs(x))
-        q, _ = cache_probs(y, order, vocab_size, docs(y))
+        p = cache_probs(x, order, vocab_size, docs(x))[0]
+        q = cache_probs(y, order, vocab_size, docs(y))[0]
         causal = max(causal, float((p[: cut + 1] - q[: cut + 1]).abs().max()))
         for t in (1, 45, 50, 75, x.numel() - 1):
             dist = cache_distribution(x[:t].tolist(), order, vocab_size, document)
