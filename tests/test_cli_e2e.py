@@ -221,6 +221,8 @@ def test_interrupted_training_still_exports_and_scores(tiny_run: tuple[Path, sub
                             preexec_fn=interruptible)
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"event": "step"' in metrics.read_text()):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its first step: {proc.communicate()[1][-2000:]}")
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
@@ -263,8 +265,8 @@ def _start_and_signal(root: Path, run_id: str, extra: list[str], sig: int, wait_
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and wait_for in log.read_text()):
         if proc.poll() is not None:  # it ended before the signal could reach it: say why, not a timeout
-            out, err = proc.communicate()
-            pytest.fail(f"the run ended (exit {proc.returncode}) before its log showed {wait_for!r}: {err[-2000:]}")
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its log showed {wait_for!r}: "
+                        f"{proc.communicate()[1][-2000:]}")
         time.sleep(0.1)
     time.sleep(0.3)
     proc.send_signal(sig)
