@@ -117,7 +117,6 @@ def test_the_exported_average_has_no_fake_quantisation_either(tmp_path) -> None:
     assert not any(getattr(m, "weight_transform", None) for m in result.model.modules())
 
 
-
 @pytest.mark.parametrize("clip", ["percentile", "gptq_lite", "sdclip"])
 def test_fake_quantize_compiles_whole_without_torch_quantile(clip: str) -> None:
     # torch.quantile under symbolic shapes failed a compiled late-QAT forward on CUDA with torch 2.11; the
