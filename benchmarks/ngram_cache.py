@@ -48,8 +48,9 @@ def measure(n: int, order: int, vocab: int, device: torch.device) -> dict[str, A
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t
+    peak = peak_memory_bytes(CPU)
     row: dict[str, Any] = {"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
-                           "peak_rss_bytes": peak_memory_bytes(CPU), "peak_rss_growth_bytes": peak_memory_bytes(CPU) - before,
+                           "peak_rss_bytes": peak, "peak_rss_growth_bytes": peak - before,
                            "mean_model_nll": float(nll[1:].double().mean()),
                            "mean_mixed_nll": float(mixed[1:].double().mean())}
     if device.type == "cuda":

@@ -26,23 +26,13 @@ QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 FP16_MAX = 65504.0
 
 
-def _kth_quantile_rows(a: Tensor, q: float) -> Tensor:
-    """torch.quantile(a, q, dim=1) (linear interpolation) via kthvalue, for rows too long for it.
-
-    Same arithmetic as torch: the rank q*(n-1) is computed in the input dtype, then the two
-    neighbouring order statistics are lerped by its fractional part."""
-    n = a.shape[1]
-    rank = torch.tensor(q, dtype=a.dtype) * (n - 1)  # ()
-    lo, hi = int(rank.floor()), int(rank.ceil())
-    below = a.kthvalue(lo + 1, dim=1).values  # (R,)
-    above = below if hi == lo else a.kthvalue(hi + 1, dim=1).values  # (R,)
-    return torch.lerp(below, above, rank - lo)
-
-
 def _sorted_quantile_rows(a: Tensor, q: float) -> Tensor:
-    """torch.quantile(a, q, dim=1) from one sort and no data-dependent Python, so that a compiled forward
-    (late QAT) traces it whole: torch.quantile itself fails under symbolic shapes in some torch versions
-    (seen with 2.11 on CUDA). The same arithmetic as `_kth_quantile_rows`."""
+    """torch.quantile(a, q, dim=1) (linear interpolation) from one sort: for rows too long for torch.quantile,
+    and under compilation, where torch.quantile fails on symbolic shapes in some torch versions (2.11 on CUDA,
+    compiled late QAT); no data-dependent Python, so a compiled forward traces it whole.
+
+    Same arithmetic as torch: the rank q*(n-1) is computed in the input dtype, then the two neighbouring
+    order statistics are lerped by its fractional part."""
     n = a.shape[1]
     rank = torch.tensor(q, dtype=a.dtype, device=a.device) * (n - 1)  # ()
     lo, hi = rank.floor(), rank.ceil()  # ()
@@ -54,11 +44,9 @@ def _sorted_quantile_rows(a: Tensor, q: float) -> Tensor:
 
 def row_quantile(a: Tensor, q: float) -> Tensor:
     """Per-row quantile of a float32 matrix, equal to torch.quantile(a, q, dim=1) at any size."""
-    if torch.compiler.is_compiling():
-        return _sorted_quantile_rows(a, q)
     num_rows, row_len = a.shape
-    if row_len > QUANTILE_MAX_NUMEL:
-        return _kth_quantile_rows(a, q)
+    if row_len > QUANTILE_MAX_NUMEL or torch.compiler.is_compiling():
+        return _sorted_quantile_rows(a, q)
     rows_per_chunk = max(1, QUANTILE_MAX_NUMEL // max(row_len, 1))
     # rows are independent, so chunking gives the same values as one call
     return torch.cat([torch.quantile(chunk, q, dim=1) for chunk in a.split(rows_per_chunk)])  # (R,)
