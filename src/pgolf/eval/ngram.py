@@ -2,9 +2,9 @@
 
 At position t two caches predict the next token from counts over the tokens before t only: one over
 the whole stream so far, one over the current document so far (the tokens since its BOS). Each is an
-interpolated Witten-Bell model of orders 0..K (order k's context is the k tokens before the target),
-backed off to the uniform distribution over the vocabulary, so for every prefix each is a
-distribution over the whole vocabulary that sums to one. The scored probability is a mixture
+interpolated absolute-discounting model of orders 0..K (order k's context is the k tokens before the
+target; `DISCOUNTS`), backed off to the uniform distribution over the vocabulary, so for every prefix
+each is a distribution over the whole vocabulary that sums to one. The scored probability is a mixture
 p(x_t) = (1 - a - b) p_model(x_t) + a p_stream(x_t) + b p_document(x_t), itself a Bayesian average over
 a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions in t's
 bucket. The bucket describes the state before t: the highest matched order in each cache, how often
@@ -62,6 +62,16 @@ def context_documents(tokens: torch.Tensor) -> torch.Tensor:
 
 COUNT_BINS = (1, 2, 4, 8, 16)  # bins of a context's earlier occurrences: <=1, 2, 3-4, 5-8, 9-16, >16
 
+# The absolute discount of orders 0-2 and of orders 3..K: each seen follower gives up D of its count to the
+# lower order. Chosen on text from the training shard (docs/LOG.md, 2026-11-27), not on the validation text.
+DISCOUNTS = (0.15, 0.7)
+DISCOUNT_SPLIT = 3
+
+
+def discount(k: int) -> float:
+    """The absolute discount of order k."""
+    return DISCOUNTS[k >= DISCOUNT_SPLIT]
+
 
 def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int,
                 documents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,8 +94,10 @@ def cache_probs(tokens: torch.Tensor, order: int, vocab_size: int,
         seen_pair = _groups(h * vocab_size + w)[0]
         seen, srt, start = _groups(h)
         types = _sum_before((seen_pair == 0).long(), srt, start)  # distinct next tokens after this context so far
-        lower = p[k:]
-        p[k:] = torch.where(seen > 0, (seen_pair + types * lower) / (seen + types).clamp(min=1), lower)
+        lower, d = p[k:], discount(k)
+        # (c(h, w) - d [c(h, w) > 0] + d T(h) p_{k-1}(w)) / c(h): d < 1 <= every seen count, so no clamp
+        kept = seen_pair - d * (seen_pair > 0).double()
+        p[k:] = torch.where(seen > 0, (kept + d * types.double() * lower) / seen.clamp(min=1), lower)
         level[k:] = torch.where(seen > 0, k, level[k:])
         state[k:] = torch.where(seen > 0, 2 * torch.bucketize(seen, bins) + (types == 1).long(), state[k:])
     return p, level, state
@@ -136,8 +148,8 @@ def cache_distribution(prefix: list[int], order: int, vocab_size: int, document:
         follow = [prefix[s] for s in range(max(k, first), n) if prefix[s - k: s] == context]
         if follow:
             counts = torch.bincount(torch.tensor(follow), minlength=vocab_size).double()
-            types = float((counts > 0).sum())
-            p = (counts + types * p) / (len(follow) + types)
+            d, types = discount(k), float((counts > 0).sum())
+            p = (counts - d * (counts > 0).double() + d * types * p) / len(follow)
     return p
 
 
