@@ -273,7 +273,7 @@ class EvalConfig:
     the document). Settings in the ttt section."""
     ngram_order: int = 0
     """Mix two causal n-gram caches of the already-scored validation tokens (the stream so far and the current
-    document so far; orders 0..N, exact counts, Witten-Bell) into the final evaluation's scores, with weights
+    document so far; orders 0..N, exact counts, absolute discounting) into the final evaluation's scores, with weights
     learned from earlier positions only (pgolf.eval.ngram); 0 = off (a fixed predictor)."""
 
     def validate(self) -> None:

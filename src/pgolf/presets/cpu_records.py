@@ -183,6 +183,7 @@ def cpu_record_tuned() -> RunConfig:
         # n-gram caches of the scored stream and of the current document mixed into the LoRA-adapted scores:
         # -0.059 to -0.062 bpb on each of 3 seeds' artifacts (orders 6-16 within 0.0002, 4 0.0015 worse; docs/LOG.md),
         # then -0.006 on each with the mixture's weights learned per state of the caches' confidence
+        # and -0.005 more with absolute discounting in the caches (docs/LOG.md)
         eval=dict(ttt="lora", ngram_order=8),
         # the adapters' Adam rate, screened on a trained model: without the caches 0.006 scored 0.026 below the
         # default 0.001 (0.002-0.01 all gain; 0.015 overshoots; rank 16 did not help); with them 0.004 is best
