@@ -16,7 +16,7 @@ from test_ttt import flat_luts, one_thread, tiny_gpt  # noqa: F401  (one_thread:
 
 from pgolf import dist
 from pgolf.eval.lora import evaluate_lora
-from pgolf.eval.sliding import evaluate
+from pgolf.eval.sliding import evaluate, unadapted_losses
 from pgolf.eval.ttt import SGDChunkAdapter, evaluate_chunked
 from pgolf.tokenizer import BOS_ID
 
@@ -48,6 +48,11 @@ def scores(rank: int, world_size: int) -> dict[str, list[Any]]:
                                   ngram_order=3, **where),
         "lora_ngram": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3, lora_rank=2,
                                     alpha=4.0, lr=0.05, ngram_order=3, **where),
+        # the unadapted pass's losses, gathered from every rank, mixed in before the caches
+        "lora_unadapted": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3,
+                                        lora_rank=2, alpha=4.0, lr=0.05, ngram_order=3, **where,
+                                        unadapted_nll=unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32,
+                                                                       stride=8, batch_tokens=256, **where)),
     }
     return {k: [r.loss, r.bpb, r.num_tokens, r.num_bytes, r.ledger.num_adapted, r.ledger.num_scored]
             for k, r in results.items()}
@@ -80,3 +85,4 @@ def test_two_gloo_processes_score_like_one(tmp_path: Path) -> None:
         assert d_loss == pytest.approx(loss, rel=1e-5) and d_bpb == pytest.approx(bpb, rel=1e-5), mode
     assert single["chunked"][1] != single["sliding"][1]  # adaptation really ran on both sides
     assert single["sliding_ngram"][1] != single["sliding"][1] and single["lora_ngram"][1] != single["lora"][1]
+    assert single["lora_unadapted"][1] != single["lora_ngram"][1]

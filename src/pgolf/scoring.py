@@ -21,7 +21,7 @@ from pgolf.artifact import ArtifactInfo, LoadedArtifact, check_budget, read_arti
 from pgolf.config import EvalConfig, RunConfig, model_config_from_dict
 from pgolf.data.shards import list_shards, load_tokens
 from pgolf.dist import DistInfo, use_bf16
-from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval
+from pgolf.eval.sliding import EvalResult, evaluate, truncate_for_eval, unadapted_losses
 from pgolf.model.gpt import GPT
 from pgolf.tokenizer import build_byte_luts, load_tokenizer
 
@@ -66,6 +66,14 @@ def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: in
 EVAL_STAGES = {"none": "sliding", "chunked": "ttt_chunked", "lora": "ttt_lora"}
 
 
+def _with_unadapted(r: EvalResult, seconds: float) -> EvalResult:
+    """The TTT result with the unadapted pass's seconds added to its clock (and shown as a stage)."""
+    if seconds:
+        r.seconds += seconds
+        r.stages["unadapted"] = seconds
+    return r
+
+
 def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: DistInfo,
                    progress: bool = False) -> EvalResult:
     """The scored evaluation: sliding windows, or score-first TTT as `eval.ttt` says (changes `model` in place
@@ -76,21 +84,30 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
                                  progress=progress and info.is_main)
     # The TTT modules load only when used; pgolf.eval.compliance charges their source bytes to the run
     # for as long as the artifact's counted code does not include them.
+    fixed_seconds = 0.0
+    if ecfg.mix_unadapted and ecfg.ttt != "none":  # the unadapted pass, before any adaptation, on the clock
+        t0 = time.perf_counter()
+        where["unadapted_nll"] = unadapted_losses(model, val.tokens, val.luts, seq_len=seq_len, stride=stride,
+                                                  batch_tokens=ecfg.batch_tokens, rank=info.rank,
+                                                  world_size=info.world_size, device=info.device,
+                                                  autocast_bf16=bf16, compile_backend=compile_backend(ecfg))
+        fixed_seconds = time.perf_counter() - t0
     if ecfg.ttt == "chunked":
         from pgolf.eval.ttt import SGDChunkAdapter, evaluate_chunked
 
         adapter = SGDChunkAdapter(model, lr=t.lr, momentum=t.momentum, epochs=t.epochs, batch_seqs=t.batch_seqs,
                                   grad_clip=t.grad_clip, seq_len=seq_len, autocast_bf16=bf16, rank=info.rank,
                                   world_size=info.world_size)
-        return evaluate_chunked(model, val.tokens, val.luts, seq_len=seq_len, stride=stride,
-                                batch_tokens=ecfg.batch_tokens, chunk_tokens=t.chunk_tokens, adapter=adapter,
-                                ngram_order=ecfg.ngram_order, **where)
+        return _with_unadapted(evaluate_chunked(
+            model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
+            chunk_tokens=t.chunk_tokens, adapter=adapter, ngram_order=ecfg.ngram_order, **where), fixed_seconds)
     if ecfg.ttt == "lora":
         from pgolf.eval.lora import evaluate_lora
 
-        return evaluate_lora(model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk,
-                             batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr,
-                             steps=t.lora_steps, seed=cfg.train.seed, ngram_order=ecfg.ngram_order, **where)
+        return _with_unadapted(evaluate_lora(
+            model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk, batch_docs=t.lora_batch_docs,
+            lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr, steps=t.lora_steps, seed=cfg.train.seed,
+            ngram_order=ecfg.ngram_order, **where), fixed_seconds)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     compile_backend=compile_backend(ecfg), ngram_order=ecfg.ngram_order, **where)
 

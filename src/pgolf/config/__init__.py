@@ -275,6 +275,10 @@ class EvalConfig:
     """Mix two causal n-gram caches of the already-scored validation tokens (the stream so far and the current
     document so far; orders 0..N, exact counts, absolute discounting) into the final evaluation's scores, with weights
     learned from earlier positions only (pgolf.eval.ngram); 0 = off (a fixed predictor)."""
+    mix_unadapted: bool = False
+    """With a TTT mode: score every position first with the artifact's model as it is (sliding windows at
+    eval.stride), then mix those scores into the adapted model's with weights learned from earlier positions
+    only, per bin of the position in its document (pgolf.eval.ngram.mix_unadapted), before any n-gram caches."""
 
     def validate(self) -> None:
         require(self.seq_len >= 0, f"eval.seq_len={self.seq_len} must be >= 0")
@@ -283,6 +287,8 @@ class EvalConfig:
         require(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0")
         require(self.reference_bytes >= 0, f"eval.reference_bytes={self.reference_bytes} must be >= 0")
         require(0 <= self.ngram_order <= 32, f"eval.ngram_order={self.ngram_order} must be in 0..32 (0 = off)")
+        require(not self.mix_unadapted or self.ttt != "none",
+                "eval.mix_unadapted needs a TTT mode (eval.ttt chunked or lora): without one there is one model")
         if self.seq_len and self.stride:
             require(self.stride <= self.seq_len, f"eval.stride={self.stride} must be <= eval.seq_len={self.seq_len}")
 

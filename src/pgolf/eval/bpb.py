@@ -98,6 +98,7 @@ class LedgerReport:
     num_adapted: int  # predictions adaptation was given, each only after it was scored
     num_releases: int  # spans released to adapters (rank 0's count; every rank releases alike or none)
     ngram_order: int = 0  # order of the causal n-gram caches mixed into the scores (0: none; pgolf.eval.ngram)
+    unadapted: bool = False  # the unadapted model's scores mixed in (pgolf.eval.ngram.mix_unadapted)
     ngram_seconds: float = 0.0  # time the mixing took (this rank)
 
 
@@ -113,15 +114,19 @@ class TokenLedger:
     adapting before scoring is not a flag but an error. The byte count of each committed position is
     the metric's (`target_byte_counts`), so the totals are val_bpb. Bookkeeping of which positions are
     scored lives on the host and follows from the row descriptors alone: no device sync per batch.
-    With `ngram_order` > 0, `finish` turns the committed losses into those of the model mixed with causal
-    n-gram caches of the stream and of the current document (`pgolf.eval.ngram`), once every prediction
-    is scored.
+    Once every prediction is scored, `finish` can turn the committed losses into those of causal mixtures
+    (`pgolf.eval.ngram`): with `unadapted_nll` (every prediction's loss under the model before any
+    adaptation, from an earlier pass) the adapted and the unadapted model mixed, then with `ngram_order`
+    > 0 that mixed with n-gram caches of the stream and of the current document.
     """
 
     def __init__(self, tokens: torch.Tensor, luts: ByteLuts, device: torch.device | str = "cpu",
-                 ngram_order: int = 0) -> None:
+                 ngram_order: int = 0, unadapted_nll: torch.Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.ngram_order = ngram_order
+        if unadapted_nll is not None and unadapted_nll.shape != tokens.shape:
+            raise ValueError(f"unadapted losses {tuple(unadapted_nll.shape)} do not match the stream {tuple(tokens.shape)}")
+        self._unadapted = None if unadapted_nll is None else unadapted_nll.to(self.device, torch.float32)
         self._tokens = tokens.to(device=self.device, dtype=torch.long)  # (N,)
         self.num_tokens = int(tokens.numel())
         self._luts = luts.to(self.device)
@@ -234,27 +239,35 @@ class TokenLedger:
             raise LedgerError(f"{missing} predictions were never scored and {repeated} were scored more than once "
                               f"(of {counts.size}); every prediction must be scored exactly once")
         t0 = time.perf_counter()
-        if self.ngram_order:
-            self._mix_cache()
+        if self.ngram_order or self._unadapted is not None:
+            self._mix()
         ngram_seconds = time.perf_counter() - t0
         totals = self.totals()
         totals.all_reduce()
         self._check_finite(totals)
         report = LedgerReport(num_positions=int(counts.size), num_scored=int((counts == 1).sum()),
                               num_adapted=int((released > 0).sum()), num_releases=self.num_releases,
-                              ngram_order=self.ngram_order, ngram_seconds=ngram_seconds)
+                              ngram_order=self.ngram_order, ngram_seconds=ngram_seconds,
+                              unadapted=self._unadapted is not None)
         return totals, report
 
-    def _mix_cache(self) -> None:
-        """Replace this rank's committed losses by the cache-mixed ones (collective: the mixture weights at a
-        position read the model's losses of earlier positions, whichever rank scored them)."""
-        from pgolf.eval.ngram import mix_scores
-
+    def scored_losses(self) -> torch.Tensor:
+        """Every prediction's committed loss, whichever rank scored it; (N,) float32 (collective)."""
         mine = torch.from_numpy(self._mine).to(self.device)  # (N,)
-        model_nll = all_reduce_sum_(torch.where(mine, self._nll[:-1], 0.0))  # (N,) each scored by one rank
-        vocab = int(self._luts.base_bytes.numel())  # the byte tables cover every id of the model and the tokenizer
-        mixed = mix_scores(model_nll, self._tokens, self.ngram_order, vocab)  # (N,)
-        self._nll[:-1] = torch.where(mine, mixed, 0.0)
+        return all_reduce_sum_(torch.where(mine, self._nll[:-1], 0.0))  # each position scored by one rank
+
+    def _mix(self) -> None:
+        """Replace this rank's committed losses by the mixed ones (collective: the mixture weights at a
+        position read the losses of earlier positions, whichever rank scored them)."""
+        from pgolf.eval.ngram import mix_scores, mix_unadapted
+
+        mixed = self.scored_losses()  # (N,)
+        if self._unadapted is not None:
+            mixed = mix_unadapted(mixed, self._unadapted, self._tokens)
+        if self.ngram_order:
+            vocab = int(self._luts.base_bytes.numel())  # the byte tables cover every id of the model and tokenizer
+            mixed = mix_scores(mixed, self._tokens, self.ngram_order, vocab)
+        self._nll[:-1] = torch.where(torch.from_numpy(self._mine).to(self.device), mixed, 0.0)
 
     def _check_finite(self, totals: BpbTotals) -> None:
         """A UserError naming the first non-finite prediction (of this rank) when the summed loss is not finite:

@@ -122,18 +122,52 @@ def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: 
     """The mixed loss of every prediction: nll (N,) holds the model's loss of token t at index t (index 0
     unused); returns (N,) float32 with index 0 zero."""
     p_model, p_stream, p_doc, bucket = mixing_inputs(nll, tokens, order, vocab_size)
-    _, srt, start = _groups(bucket)
-    # log sum_j post_j mix_j with post_j = exp(past_j) / sum_j exp(past_j), one grid pair at a time (memory O(N))
-    num = den = None
-    for a, b in WEIGHT_GRID:
-        log_mix = torch.log((1 - a - b) * p_model + a * p_stream + b * p_doc)  # (N-1,)
-        past = _sum_before(log_mix, srt, start)  # log-likelihood of this pair on earlier positions of the bucket
-        num = past + log_mix if num is None else torch.logaddexp(num, past + log_mix)
-        den = past if den is None else torch.logaddexp(den, past)
-    mixed = num - den  # (N-1,)
+    mixed = _bayes_average(((1 - a - b) * p_model + a * p_stream + b * p_doc for a, b in WEIGHT_GRID), bucket)
     out = torch.zeros_like(nll, dtype=torch.float32)
     out[1:] = (-mixed).float()
     return out
+
+
+# The unadapted model's weights in `mix_unadapted`, and the bins of a prediction's place in its document
+# (tokens since its BOS) that keep one posterior each: TTT adapts as a document goes on.
+UNADAPTED_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+DOC_POSITION_BINS = (64, 256, 1024, 4096)
+
+
+def document_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """(N,) int64: for prediction t, how many tokens of its document precede it (t minus the last BOS before
+    t; t itself when there is none): a function of the prefix."""
+    idx = torch.arange(tokens.numel(), device=tokens.device)
+    last_bos = torch.cummax(torch.where(tokens == BOS_ID, idx, 0), 0).values
+    pos = idx.clone()
+    pos[1:] = idx[1:] - last_bos[:-1]
+    return pos
+
+
+def mix_unadapted(nll: torch.Tensor, fixed_nll: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The loss of every prediction under a mixture of the adapted model (nll, (N,), index t = token t) and
+    the artifact's model before any adaptation (fixed_nll, same layout): (1 - w) p_adapted + w p_fixed with
+    w a Bayesian average over `UNADAPTED_GRID`, one posterior per bin of the position in the document, from
+    the earlier predictions of that bin only. Returns (N,) float32, index 0 zero."""
+    p_a, p_f = torch.exp(-nll[1:].double()), torch.exp(-fixed_nll[1:].double())
+    bucket = torch.bucketize(document_positions(tokens)[1:],
+                             torch.tensor(DOC_POSITION_BINS, device=tokens.device))
+    out = torch.zeros_like(nll, dtype=torch.float32)
+    out[1:] = (-_bayes_average([(1 - w) * p_a + w * p_f for w in UNADAPTED_GRID], bucket)).float()
+    return out
+
+
+def _bayes_average(mixtures, bucket: torch.Tensor) -> torch.Tensor:
+    """log sum_j post_j m_j for candidate predictions m_j (each (M,)), post_j from the earlier positions of each
+    position's bucket (a uniform prior), one candidate at a time so memory stays O(M)."""
+    _, srt, start = _groups(bucket)
+    num = den = None
+    for m in mixtures:
+        log_mix = torch.log(m)
+        past = _sum_before(log_mix, srt, start)
+        num = past + log_mix if num is None else torch.logaddexp(num, past + log_mix)
+        den = past if den is None else torch.logaddexp(den, past)
+    return num - den
 
 
 def cache_distribution(prefix: list[int], order: int, vocab_size: int, document: bool = False) -> torch.Tensor:

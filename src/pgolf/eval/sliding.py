@@ -200,7 +200,9 @@ def eval_mode(model: nn.Module, inference: bool = True) -> Iterator[None]:
 def result_from(totals: BpbTotals, report: LedgerReport | None, t0: float) -> EvalResult:
     """Read the totals first (waiting for the device), then the clock."""
     nll_sum, num_tokens, num_bytes = float(totals.nll_sum), float(totals.token_count), float(totals.byte_count)
-    stages = {"ngram": report.ngram_seconds} if report is not None and report.ngram_order else {}
+    stages = {}
+    if report is not None and (report.ngram_order or report.unadapted):
+        stages["ngram" if report.ngram_order else "mix"] = report.ngram_seconds
     return EvalResult(loss=nll_sum / num_tokens, bpb=bits_per_byte(nll_sum, num_bytes), num_tokens=int(num_tokens),
                       num_bytes=int(num_bytes), seconds=time.perf_counter() - t0, ledger=report, stages=stages)
 
@@ -228,6 +230,20 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len:
     if compile_backend is not None:
         result.stages["compile"] = compile_seconds
     return result
+
+
+def unadapted_losses(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
+                     batch_tokens: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                     autocast_bf16: bool = False, compile_backend: Any = None) -> torch.Tensor:
+    """Every prediction's loss under the model as it is, by sliding windows (the pass `eval.mix_unadapted`
+    runs before any adaptation), on every rank: (N,) float32, index t = token t (collective)."""
+    ledger = TokenLedger(tokens, luts, device)
+    rows = window_rows(rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size))
+    with eval_mode(model):
+        score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),
+                   autocast_bf16=autocast_bf16, compile_backend=compile_backend)
+    ledger.finish()  # every prediction scored exactly once
+    return ledger.scored_losses()
 
 
 def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, batch_tokens: int,

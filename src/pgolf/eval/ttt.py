@@ -114,7 +114,8 @@ def _sync(device: torch.device) -> None:
 def evaluate_chunked(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
                      batch_tokens: int, chunk_tokens: int, adapter: ChunkAdapter, rank: int = 0,
                      world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
-                     progress: bool = False, ngram_order: int = 0) -> EvalResult:
+                     progress: bool = False, ngram_order: int = 0,
+                     unadapted_nll: torch.Tensor | None = None) -> EvalResult:
     """Sliding-window val_bpb with score-first adaptation after every chunk but the last.
 
     Every rank scores its share of each chunk's windows; the ledger then learns what the others scored
@@ -122,7 +123,7 @@ def evaluate_chunked(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, 
     t0 = time.perf_counter()
     device = torch.device(device)
     total = tokens.numel()
-    ledger = TokenLedger(tokens, luts, device, ngram_order)
+    ledger = TokenLedger(tokens, luts, device, ngram_order, unadapted_nll)
     view = AdaptationView(ledger)
     chunks = chunk_plan(window_plan(total, seq_len, stride), chunk_tokens, total)
     stages = {"score": 0.0, "adapt": 0.0}

@@ -1,0 +1,115 @@
+"""`eval.mix_unadapted`: the adapted model's scores mixed with the unadapted model's. The mixture at a position
+depends on nothing that follows it, is never much worse than its best fixed weight per document-position bin,
+is the identity when the two models agree, and the evaluation reports exactly that mixture of the two passes
+with the unadapted pass on its clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from test_ttt import flat_luts, one_thread, repetitive_stream, tiny_gpt  # noqa: F401  (one_thread: autouse)
+from test_ttt_lora import doc_stream
+
+from pgolf.config import ConfigError, EvalConfig
+from pgolf.dist import DistInfo
+from pgolf.eval.lora import evaluate_lora
+from pgolf.eval.ngram import DOC_POSITION_BINS, UNADAPTED_GRID, document_positions, mix_scores, mix_unadapted
+from pgolf.eval.sliding import evaluate, unadapted_losses
+from pgolf.presets import get_preset
+from pgolf.scoring import ValData, evaluate_model
+from pgolf.tokenizer import BOS_ID
+
+LORA = dict(seq_len=32, chunk=8, batch_docs=2, lora_rank=2, alpha=4.0, lr=0.05)
+
+
+def losses(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed)) * 3 + 0.5
+
+
+def test_document_positions_count_the_tokens_since_the_last_bos_before_each_prediction() -> None:
+    x = torch.randint(4, 50, (90,), generator=torch.Generator().manual_seed(0))
+    x[[0, 17, 18, 60]] = BOS_ID
+    pos = document_positions(x).tolist()
+    for t in range(1, 90):
+        bos = [i for i in range(t) if x[i] == BOS_ID]
+        assert pos[t] == t - bos[-1], t  # a BOS target still counts in the document it ends
+
+
+def test_nothing_at_a_position_depends_on_what_follows() -> None:
+    x = repetitive_stream(300, seed=1)
+    a, f = losses(300, 1), losses(300, 2)
+    for cut in (0, 40, 200, 298):
+        y, a2, f2 = x.clone(), a.clone(), f.clone()
+        y[cut + 1:] = (y[cut + 1:] + 5) % 60 + 4
+        a2[cut + 1:] += 1.0
+        f2[cut + 1:] *= 0.3
+        assert torch.equal(mix_unadapted(a, f, x)[: cut + 1], mix_unadapted(a2, f2, y)[: cut + 1])
+
+
+def test_mixture_is_within_log_grid_of_its_best_fixed_weight_per_bin() -> None:
+    x = doc_stream([700, 300, 40], seed=2)  # reaches the first four position bins
+    a, f = losses(x.numel(), 3), losses(x.numel(), 4)
+    mixed = mix_unadapted(a, f, x)
+    assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
+    bins = torch.bucketize(document_positions(x)[1:], torch.tensor(DOC_POSITION_BINS))
+    assert len(bins.unique()) >= 3
+    p_a, p_f = torch.exp(-a[1:].double()), torch.exp(-f[1:].double())
+    bound = sum(min(float(-torch.log((1 - w) * p_a[bins == b] + w * p_f[bins == b]).sum()) for w in UNADAPTED_GRID)
+                + math.log(len(UNADAPTED_GRID)) for b in bins.unique())
+    assert float(mixed[1:].double().sum()) <= bound + 1e-6
+
+
+def test_two_equal_models_mix_to_the_same_scores() -> None:
+    x = repetitive_stream(200, seed=3)
+    a = losses(200, 5)
+    assert torch.allclose(mix_unadapted(a, a, x)[1:], a[1:], atol=1e-6, rtol=0)
+
+
+def test_lora_evaluation_reports_the_mixture_of_both_passes() -> None:
+    tokens = doc_stream([120, 90, 100], seed=6, repetitive=True)
+    fixed = unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
+    assert fixed.shape == tokens.shape and fixed[0] == 0 and bool((fixed[1:] > 0).all())
+    assert float(fixed[1:].double().sum()) == pytest.approx(
+        evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256).loss * (tokens.numel() - 1),
+        rel=1e-6)
+    plain = evaluate_lora(tiny_gpt(), tokens, flat_luts(), **LORA)
+    alone = evaluate_lora(tiny_gpt(), tokens, flat_luts(), unadapted_nll=fixed, **LORA)
+    both = evaluate_lora(tiny_gpt(), tokens, flat_luts(), unadapted_nll=fixed, ngram_order=3, **LORA)
+    assert alone.ledger.unadapted and not plain.ledger.unadapted and alone.stages["mix"] >= 0
+    assert (alone.num_tokens, alone.num_bytes) == (plain.num_tokens, plain.num_bytes)
+    # the adapted model's own losses, recovered from a run that mixes nothing
+    from pgolf.eval.bpb import TokenLedger
+    from pgolf.eval.lora import adapt_documents
+    ledger = TokenLedger(tokens, flat_luts())
+    adapt_documents(tiny_gpt(), ledger, **LORA)
+    adapted = ledger.token_losses()
+    assert alone.loss * alone.num_tokens == pytest.approx(float(mix_unadapted(adapted, fixed, tokens).double().sum()),
+                                                          rel=1e-9)
+    expected = mix_scores(mix_unadapted(adapted, fixed, tokens), tokens, 3, 64)
+    assert both.loss * both.num_tokens == pytest.approx(float(expected.double().sum()), rel=1e-9)
+    assert alone.bpb != plain.bpb
+
+
+def test_evaluate_model_runs_the_unadapted_pass_first_and_on_the_clock() -> None:
+    tokens = doc_stream([120, 90, 100], seed=7, repetitive=True)
+    cfg = get_preset("test-tiny")
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, seq_len=32, stride=16, ttt="lora",
+                                                            mix_unadapted=True, compile=False),
+                              ttt=dataclasses.replace(cfg.ttt, lora_chunk=8, lora_batch_docs=2, lora_rank=2,
+                                                      lora_alpha=4.0, lora_lr=0.05))
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    val = ValData(tokens=tokens, luts=flat_luts(), sp=None)
+    r = evaluate_model(tiny_gpt(), val, cfg, info)
+    assert r.ledger.unadapted and 0 < r.stages["unadapted"] < r.seconds
+    off = evaluate_model(tiny_gpt(), val, dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval,
+                                                                                            mix_unadapted=False)), info)
+    assert "unadapted" not in off.stages and not off.ledger.unadapted and off.bpb != r.bpb
+
+
+def test_needs_a_ttt_mode() -> None:
+    with pytest.raises(ConfigError, match="eval.mix_unadapted"):
+        EvalConfig(mix_unadapted=True).validate()
+    EvalConfig(mix_unadapted=True, ttt="lora").validate()
