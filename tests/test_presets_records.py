@@ -149,7 +149,8 @@ def test_cpu_record_tuned_is_cpu_baseline_plus_its_changes() -> None:
     a, b = config_to_dict(cpu_baseline()), config_to_dict(get_preset("cpu-record-tuned"))
     changed = {(s, k) for s in SECTIONS for k in a[s] if a[s][k] != b[s][k]}
     assert changed == {("model", "mlp_activation"), ("train", "train_batch_tokens"), ("train", "grad_accum_steps"),
-                       ("train", "warmdown_frac"), ("eval", "ttt"), ("eval", "ngram_order"), ("quant", "scheme"),
+                       ("train", "warmdown_frac"), ("eval", "ttt"), ("eval", "ngram_order"), ("eval", "mix_unadapted"),
+                       ("eval", "stride"), ("quant", "scheme"),
                        ("quant", "matrix_clip"), ("quant", "compressor"), ("quant", "allocate_bits"),
                        ("quant", "min_bits"), ("quant", "matrix_bits"), ("optim", "matrix_lr"), ("optim", "scalar_lr"),
                        ("optim", "tied_embed_lr"), ("optim", "muon_sharded"), ("optim", "muon_batched"),

@@ -82,8 +82,7 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
     bf16 = use_bf16(ecfg.dtype, info.device)
     where: dict[str, Any] = dict(rank=info.rank, world_size=info.world_size, device=info.device, autocast_bf16=bf16,
                                  progress=progress and info.is_main)
-    # The TTT modules load only when used; pgolf.eval.compliance charges their source bytes to the run
-    # for as long as the artifact's counted code does not include them.
+    # The TTT modules load only when used; the counted code (the bundle of this config) holds them when on.
     fixed_seconds = 0.0
     if ecfg.mix_unadapted and ecfg.ttt != "none":  # the unadapted pass, before any adaptation, on the clock
         t0 = time.perf_counter()

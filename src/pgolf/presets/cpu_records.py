@@ -157,8 +157,9 @@ def cpu_record_tuned() -> RunConfig:
     """What measured better than cpu-baseline on the CPU track itself (docs/LOG.md, 2026-11-26 ablations):
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), learning rates 0.7x cpu-baseline's,
     a warm-down over the last 45% of the budget, per-document LoRA test-time training at evaluation
-    (score-first, inside 600 s, at a learning rate screened on a trained model), and order-8 n-gram caches
-    of the already-scored validation tokens mixed into the scores (`eval.ngram_order`).
+    (score-first, inside 600 s, at a learning rate screened on a trained model) mixed with the model's own
+    unadapted scores (`eval.mix_unadapted`), and order-8 n-gram caches of the already-scored validation
+    tokens mixed into the scores (`eval.ngram_order`).
 
     The records' optimiser switches (MuonEq-R, weight decay, EMA, late QAT, their learning rates and
     momentum) and their shape switches measured no gain or a loss at a few hundred steps, so this preset
@@ -183,8 +184,9 @@ def cpu_record_tuned() -> RunConfig:
         # n-gram caches of the scored stream and of the current document mixed into the LoRA-adapted scores:
         # -0.059 to -0.062 bpb on each of 3 seeds' artifacts (orders 6-16 within 0.0002, 4 0.0015 worse; docs/LOG.md),
         # then -0.006 on each with the mixture's weights learned per state of the caches' confidence
-        # and -0.005 more with absolute discounting in the caches (docs/LOG.md)
-        eval=dict(ttt="lora", ngram_order=8),
+        # and -0.005 more with absolute discounting in the caches (docs/LOG.md); the unadapted model's stride-64
+        # sliding scores mixed into the adapted model's (~27 s more): -0.004 on each of the 3 seeds
+        eval=dict(ttt="lora", ngram_order=8, mix_unadapted=True, stride=64),
         # the adapters' Adam rate, screened on a trained model: without the caches 0.006 scored 0.026 below the
         # default 0.001 (0.002-0.01 all gain; 0.015 overshoots; rank 16 did not help); with them 0.004 is best
         # (0.002 / 0.003 / 0.004 / 0.006 / 0.009 on seed 1337), -0.0027 on each of 3 seeds against 0.006
