@@ -113,3 +113,30 @@ def test_needs_a_ttt_mode() -> None:
     with pytest.raises(ConfigError, match="eval.mix_unadapted"):
         EvalConfig(mix_unadapted=True).validate()
     EvalConfig(mix_unadapted=True, ttt="lora").validate()
+
+
+def test_mixing_the_unadapted_pass_makes_every_tensor_on_the_ledgers_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What only a GPU run would show: the unadapted pass's gathered losses and the mixture's bins are made on
+    # the ledger's device (tests/test_devices.py's interception sends a factory without `device=` to meta).
+    from test_devices import Collectives, DevicelessFactoriesGoToMeta
+
+    from pgolf.eval.bpb import TokenLedger
+    from pgolf.eval.sliding import eval_mode, score_rows, window_plan, window_rows
+
+    tokens = doc_stream([60, 50, 70], seed=8)
+
+    def run() -> float:
+        fixed = unadapted_losses(model, tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
+        ledger = TokenLedger(tokens, flat_luts(), ngram_order=3, unadapted_nll=fixed * 0.9)
+        with eval_mode(model):
+            score_rows(model, ledger, window_rows(window_plan(len(tokens), 32, 32)), batch_rows=8)
+        totals, report = ledger.finish()
+        assert report.unadapted
+        return float(totals.nll_sum)
+
+    model = tiny_gpt()  # built outside: its init makes host tensors and moves them
+    plain = run()
+    seen = Collectives(monkeypatch)
+    with DevicelessFactoriesGoToMeta():
+        assert run() == plain
+    assert all(device == torch.device("cpu") for _, device in seen.seen), seen.seen

@@ -17,9 +17,15 @@ once with sorts and cumulative sums instead of a Python loop.
 
 Counting is exact (contexts are numbered by `torch.unique`, never hashed): nothing is keyed on the
 target, the pattern the challenge ruled out for hashed caches.
+
+The same Bayesian averaging mixes a TTT-adapted model with the artifact's model before adaptation
+(`mix_unadapted`, `eval.mix_unadapted`), one posterior per bin of the position in the document, before
+the caches.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 
@@ -157,7 +163,7 @@ def mix_unadapted(nll: torch.Tensor, fixed_nll: torch.Tensor, tokens: torch.Tens
     return out
 
 
-def _bayes_average(mixtures, bucket: torch.Tensor) -> torch.Tensor:
+def _bayes_average(mixtures: Iterable[torch.Tensor], bucket: torch.Tensor) -> torch.Tensor:
     """log sum_j post_j m_j for candidate predictions m_j (each (M,)), post_j from the earlier positions of each
     position's bucket (a uniform prior), one candidate at a time so memory stays O(M)."""
     _, srt, start = _groups(bucket)
