@@ -5,7 +5,8 @@ coder can only go below that bound by using context. This measures, per 2-D code
 the empirical entropy of the codes given two contexts a coder could use:
 
 - `prev`: the magnitude of the previous code in the same row (capped at 15), i.e. an order-1 model;
-- `row_bucket`: which eighth of the tensor's rows by code spread the row falls in (a per-row scale model).
+- `row_bucket`: which eighth of the tensor's rows by code spread the row falls in (a per-row scale model);
+- `col_bucket`: the same for columns (input features of different scale: a per-column scale model).
 
 Both are plug-in estimates over the tensor itself (a real adaptive coder also pays to learn its model),
 so they are lower bounds on what such a context coder would reach, not sizes it would produce.
@@ -45,11 +46,17 @@ def code_tensor_entropies(codes: np.ndarray) -> dict[str, float]:
     codes = codes.astype(np.int64)
     prev = np.abs(codes[:, :-1]).clip(0, 15)
     order1 = entropy_bits(codes[:, 0]) + conditional_bits(codes[:, 1:], prev)
-    spread = codes.std(axis=1)
-    edges = np.quantile(spread, np.linspace(0, 1, 9)[1:-1])
-    bucket = np.broadcast_to(np.digitize(spread, edges)[:, None], codes.shape)
     return {"order0_bits": entropy_bits(codes), "given_prev_bits": order1,
-            "given_row_bucket_bits": conditional_bits(codes, bucket)}
+            "given_row_bucket_bits": conditional_bits(codes, spread_buckets(codes, 1)),
+            "given_col_bucket_bits": conditional_bits(codes, spread_buckets(codes, 0))}
+
+
+def spread_buckets(codes: np.ndarray, axis: int) -> np.ndarray:
+    """Each code's eighth of the rows (axis 1) or columns (axis 0) by the spread of their codes; codes' shape."""
+    spread = codes.std(axis=axis)
+    edges = np.quantile(spread, np.linspace(0, 1, 9)[1:-1])
+    b = np.digitize(spread, edges)
+    return np.broadcast_to(b[:, None] if axis == 1 else b[None, :], codes.shape)
 
 
 def artifact_codes(path: Path) -> dict[str, np.ndarray]:
@@ -76,7 +83,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name, codes in artifact_codes(Path(a.artifact)).items():
         rows.append({"tensor": name, "shape": list(codes.shape), **code_tensor_entropies(codes)})
-    total = {k: sum(r[k] for r in rows) for k in ("order0_bits", "given_prev_bits", "given_row_bucket_bits")}
+    total = {k: sum(r[k] for r in rows)
+             for k in ("order0_bits", "given_prev_bits", "given_row_bucket_bits", "given_col_bucket_bits")}
     result = {
         "benchmark": "code_entropy",
         "artifact": a.artifact,
@@ -85,6 +93,7 @@ def main() -> int:
         "order0_bytes": total["order0_bits"] / 8,
         "given_prev_ratio": total["given_prev_bits"] / total["order0_bits"],
         "given_row_bucket_ratio": total["given_row_bucket_bits"] / total["order0_bits"],
+        "given_col_bucket_ratio": total["given_col_bucket_bits"] / total["order0_bits"],
         "rows": rows,
     }
     emit(result, a.out)

@@ -148,6 +148,10 @@ def test_code_entropy_finds_context_a_memoryless_coder_misses() -> None:
     e = bench.code_tensor_entropies(codes)
     assert e["given_row_bucket_bits"] < 0.9 * e["order0_bits"]
     assert e["order0_bits"] >= e["given_prev_bits"] > e["given_row_bucket_bits"]
+    # the same matrix transposed: columns of different spreads, found by the column buckets alone
+    t = bench.code_tensor_entropies(np.ascontiguousarray(codes.T))
+    assert t["given_col_bucket_bits"] == pytest.approx(e["given_row_bucket_bits"])
+    assert t["given_row_bucket_bits"] > 0.9 * t["order0_bits"] > t["given_col_bucket_bits"]
     # i.i.d. codes: no context helps beyond the plug-in estimate's small-sample bias
     flat = rng.integers(-8, 8, size=(64, 256)).astype(np.int8)
     f = bench.code_tensor_entropies(flat)
@@ -165,6 +169,7 @@ def test_code_entropy_benchmark_reads_an_artifact(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["tensors"] == len(result["rows"]) > 0 and result["codes"] > 0
     assert 0 < result["given_prev_ratio"] <= 1.0 and 0 < result["given_row_bucket_ratio"] <= 1.0
+    assert 0 < result["given_col_bucket_ratio"] <= 1.0
 
 
 def test_attention_benchmark_backends_agree(tmp_path: Path) -> None:
