@@ -296,20 +296,26 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_run: tuple[Path, subprocess.Complet
     assert s["stopped_by"] == "interrupted" and math.isfinite(s["val_bpb"])
 
 
-def test_quantisation_gap_leaves_eval_time_adaptation_out(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+@pytest.mark.parametrize("run_id,flags", [
+    ("cached", ["--eval.ngram_order", "2"]),
+    # the unadapted pass that eval.mix_unadapted runs first is reused as the fixed-predictor roundtrip
+    ("mixed", ["--eval.ngram_order", "2", "--eval.ttt", "lora", "--eval.mix_unadapted", "true"]),
+])
+def test_quantisation_gap_leaves_eval_time_adaptation_out(tiny_run: tuple[Path, subprocess.CompletedProcess],
+                                                          run_id: str, flags: list[str]) -> None:
     # With the n-gram caches the scored number includes eval-time adaptation; the quantisation gap still compares
     # the reloaded artifact with the trained model as fixed predictors, and the adaptation's share is its own field.
     root, first = tiny_run
     assert first.returncode == 0, first.stderr[-3000:]
-    proc = pgolf("run", "--preset", "test-tiny", "--run_id", "cached", *tiny_flags(root), "--eval.ngram_order", "2",
+    proc = pgolf("run", "--preset", "test-tiny", "--run_id", run_id, *tiny_flags(root), *flags,
                  "--eval.reference_bytes", "0", cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s = json.loads((root / "runs" / "cached" / "summary.json").read_text())
+    s = json.loads((root / "runs" / run_id / "summary.json").read_text())
     plain = json.loads((root / "runs" / "test-tiny" / "summary.json").read_text())
     assert s["roundtrip_val_bpb"] == pytest.approx(plain["val_bpb"], abs=1e-9)  # same seed: the same artifact
     assert s["quant_gap_bpb"] == pytest.approx(s["roundtrip_val_bpb"] - s["pre_quant_val_bpb"], abs=1e-12)
     assert s["adaptation_gain_bpb"] == pytest.approx(s["val_bpb"] - s["roundtrip_val_bpb"], abs=1e-12)
     assert s["adaptation_gain_bpb"] != 0 and plain["adaptation_gain_bpb"] == 0
     assert plain["quant_gap_bpb"] == pytest.approx(plain["val_bpb"] - plain["pre_quant_val_bpb"], abs=1e-12)
-    log = (root / "runs" / "cached" / "log.txt").read_text()
+    log = (root / "runs" / run_id / "log.txt").read_text()
     assert "roundtrip without adaptation" in log and "from eval-time adaptation" in log

@@ -14,10 +14,11 @@ from test_ttt import flat_luts, one_thread, repetitive_stream, tiny_gpt  # noqa:
 from test_ttt_lora import doc_stream
 
 from pgolf.config import ConfigError, EvalConfig
-from pgolf.dist import DistInfo
-from pgolf.eval.lora import evaluate_lora
+from pgolf.dist import DistInfo, use_bf16
+from pgolf.eval.bpb import TokenLedger
+from pgolf.eval.lora import adapt_documents, evaluate_lora
 from pgolf.eval.ngram import DOC_POSITION_BINS, UNADAPTED_GRID, document_positions, mix_scores, mix_unadapted
-from pgolf.eval.sliding import evaluate, unadapted_losses
+from pgolf.eval.sliding import eval_mode, evaluate, score_rows, unadapted_losses, window_plan, window_rows
 from pgolf.presets import get_preset
 from pgolf.scoring import ValData, evaluate_model
 from pgolf.tokenizer import BOS_ID
@@ -70,19 +71,18 @@ def test_two_equal_models_mix_to_the_same_scores() -> None:
 
 def test_lora_evaluation_reports_the_mixture_of_both_passes() -> None:
     tokens = doc_stream([120, 90, 100], seed=6, repetitive=True)
-    fixed = unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
+    fixed, fixed_result = unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
     assert fixed.shape == tokens.shape and fixed[0] == 0 and bool((fixed[1:] > 0).all())
-    assert float(fixed[1:].double().sum()) == pytest.approx(
-        evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256).loss * (tokens.numel() - 1),
-        rel=1e-6)
+    # the pass's own result is the sliding evaluation of the same model, and the sum of its losses
+    sliding = evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
+    assert (fixed_result.bpb, fixed_result.loss, fixed_result.num_bytes) == (sliding.bpb, sliding.loss, sliding.num_bytes)
+    assert float(fixed[1:].double().sum()) == pytest.approx(sliding.loss * (tokens.numel() - 1), rel=1e-6)
     plain = evaluate_lora(tiny_gpt(), tokens, flat_luts(), **LORA)
     alone = evaluate_lora(tiny_gpt(), tokens, flat_luts(), unadapted_nll=fixed, **LORA)
     both = evaluate_lora(tiny_gpt(), tokens, flat_luts(), unadapted_nll=fixed, ngram_order=3, **LORA)
     assert alone.ledger.unadapted and not plain.ledger.unadapted and alone.stages["mix"] >= 0
     assert (alone.num_tokens, alone.num_bytes) == (plain.num_tokens, plain.num_bytes)
     # the adapted model's own losses, recovered from a run that mixes nothing
-    from pgolf.eval.bpb import TokenLedger
-    from pgolf.eval.lora import adapt_documents
     ledger = TokenLedger(tokens, flat_luts())
     adapt_documents(tiny_gpt(), ledger, **LORA)
     adapted = ledger.token_losses()
@@ -104,9 +104,14 @@ def test_evaluate_model_runs_the_unadapted_pass_first_and_on_the_clock() -> None
     val = ValData(tokens=tokens, luts=flat_luts(), sp=None)
     r = evaluate_model(tiny_gpt(), val, cfg, info)
     assert r.ledger.unadapted and 0 < r.stages["unadapted"] < r.seconds
+    # the pass is kept as the model's fixed-predictor score (what `pgolf run` reports as the roundtrip)
+    sliding = evaluate(tiny_gpt(), tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=cfg.eval.batch_tokens,
+                       autocast_bf16=use_bf16(cfg.eval.dtype, info.device))
+    assert r.unadapted is not None and (r.unadapted.bpb, r.unadapted.num_tokens) == (sliding.bpb, sliding.num_tokens)
+    assert r.stages["unadapted"] == r.unadapted.seconds
     off = evaluate_model(tiny_gpt(), val, dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval,
                                                                                             mix_unadapted=False)), info)
-    assert "unadapted" not in off.stages and not off.ledger.unadapted and off.bpb != r.bpb
+    assert "unadapted" not in off.stages and not off.ledger.unadapted and off.unadapted is None and off.bpb != r.bpb
 
 
 def test_needs_a_ttt_mode() -> None:
@@ -120,13 +125,10 @@ def test_mixing_the_unadapted_pass_makes_every_tensor_on_the_ledgers_device(monk
     # the ledger's device (tests/test_devices.py's interception sends a factory without `device=` to meta).
     from test_devices import Collectives, DevicelessFactoriesGoToMeta
 
-    from pgolf.eval.bpb import TokenLedger
-    from pgolf.eval.sliding import eval_mode, score_rows, window_plan, window_rows
-
     tokens = doc_stream([60, 50, 70], seed=8)
 
     def run() -> float:
-        fixed = unadapted_losses(model, tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)
+        fixed = unadapted_losses(model, tokens, flat_luts(), seq_len=32, stride=16, batch_tokens=256)[0]
         ledger = TokenLedger(tokens, flat_luts(), ngram_order=3, unadapted_nll=fixed * 0.9)
         with eval_mode(model):
             score_rows(model, ledger, window_rows(window_plan(len(tokens), 32, 32)), batch_rows=8)

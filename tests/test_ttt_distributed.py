@@ -52,7 +52,7 @@ def scores(rank: int, world_size: int) -> dict[str, list[Any]]:
         "lora_unadapted": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3,
                                         lora_rank=2, alpha=4.0, lr=0.05, ngram_order=3, **where,
                                         unadapted_nll=unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32,
-                                                                       stride=8, batch_tokens=256, **where)),
+                                                                       stride=8, batch_tokens=256, **where)[0]),
     }
     return {k: [r.loss, r.bpb, r.num_tokens, r.num_bytes, r.ledger.num_adapted, r.ledger.num_scored]
             for k, r in results.items()}

@@ -181,8 +181,10 @@ def run(cfg: RunConfig, info: DistInfo, *, command: str = "pgolf run", code: byt
     if cfg.eval.ttt != "none" or cfg.eval.ngram_order:
         # The scored number includes eval-time adaptation: the quantisation gap compares the reloaded artifact
         # with the trained model under the same fixed-predictor evaluation (a diagnostic, not the score).
-        plain = run_eval(build_model_from_artifact(read_artifact(artifact_path), info.device), val, cfg.eval,
-                         seq_len, stride, info, use_bf16(cfg.eval.dtype, info.device))
+        # eval.mix_unadapted already scored the reloaded model this way, before adapting it: reuse that pass
+        plain = post.unadapted if post.unadapted is not None else run_eval(
+            build_model_from_artifact(read_artifact(artifact_path), info.device), val, cfg.eval, seq_len, stride, info,
+            use_bf16(cfg.eval.dtype, info.device))
         log.line(f"roundtrip without adaptation  val_loss {plain.loss:.6f} | val_bpb {plain.bpb:.6f} | "
                  f"{plain.seconds:.1f} s (adaptation gains {post.bpb - plain.bpb:+.6f})")
     final = "final_" + export_label(cfg, read_compressor(artifact_path)).replace("+", "_") + "_roundtrip"

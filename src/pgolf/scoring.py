@@ -66,11 +66,12 @@ def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: in
 EVAL_STAGES = {"none": "sliding", "chunked": "ttt_chunked", "lora": "ttt_lora"}
 
 
-def _with_unadapted(r: EvalResult, seconds: float) -> EvalResult:
-    """The TTT result with the unadapted pass's seconds added to its clock (and shown as a stage)."""
-    if seconds:
-        r.seconds += seconds
-        r.stages["unadapted"] = seconds
+def _with_unadapted(r: EvalResult, fixed: EvalResult | None) -> EvalResult:
+    """The TTT result with the unadapted pass (if one ran) on its clock, as a stage, and kept beside it."""
+    if fixed is not None:
+        r.seconds += fixed.seconds
+        r.stages["unadapted"] = fixed.seconds
+        r.unadapted = fixed
     return r
 
 
@@ -83,14 +84,12 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
     where: dict[str, Any] = dict(rank=info.rank, world_size=info.world_size, device=info.device, autocast_bf16=bf16,
                                  progress=progress and info.is_main)
     # The TTT modules load only when used; the counted code (the bundle of this config) holds them when on.
-    fixed_seconds = 0.0
+    fixed = None
     if ecfg.mix_unadapted and ecfg.ttt != "none":  # the unadapted pass, before any adaptation, on the clock
-        t0 = time.perf_counter()
-        where["unadapted_nll"] = unadapted_losses(model, val.tokens, val.luts, seq_len=seq_len, stride=stride,
-                                                  batch_tokens=ecfg.batch_tokens, rank=info.rank,
-                                                  world_size=info.world_size, device=info.device,
-                                                  autocast_bf16=bf16, compile_backend=compile_backend(ecfg))
-        fixed_seconds = time.perf_counter() - t0
+        where["unadapted_nll"], fixed = unadapted_losses(
+            model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
+            rank=info.rank, world_size=info.world_size, device=info.device, autocast_bf16=bf16,
+            compile_backend=compile_backend(ecfg))
     if ecfg.ttt == "chunked":
         from pgolf.eval.ttt import SGDChunkAdapter, evaluate_chunked
 
@@ -99,14 +98,14 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
                                   world_size=info.world_size)
         return _with_unadapted(evaluate_chunked(
             model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
-            chunk_tokens=t.chunk_tokens, adapter=adapter, ngram_order=ecfg.ngram_order, **where), fixed_seconds)
+            chunk_tokens=t.chunk_tokens, adapter=adapter, ngram_order=ecfg.ngram_order, **where), fixed)
     if ecfg.ttt == "lora":
         from pgolf.eval.lora import evaluate_lora
 
         return _with_unadapted(evaluate_lora(
             model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk, batch_docs=t.lora_batch_docs,
             lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr, steps=t.lora_steps, seed=cfg.train.seed,
-            ngram_order=ecfg.ngram_order, **where), fixed_seconds)
+            ngram_order=ecfg.ngram_order, **where), fixed)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     compile_backend=compile_backend(ecfg), ngram_order=ecfg.ngram_order, **where)
 

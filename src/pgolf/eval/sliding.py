@@ -80,6 +80,7 @@ class EvalResult:
     seconds: float
     ledger: LedgerReport | None = None
     stages: dict[str, float] = field(default_factory=dict)  # seconds per part (score, adapt) where measured
+    unadapted: EvalResult | None = None  # eval.mix_unadapted: the unadapted pass's own score (a fixed predictor)
 
 
 def window_rows(windows: list[Window]) -> np.ndarray:
@@ -234,16 +235,19 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len:
 
 def unadapted_losses(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, stride: int,
                      batch_tokens: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                     autocast_bf16: bool = False, compile_backend: Any = None) -> torch.Tensor:
+                     autocast_bf16: bool = False,
+                     compile_backend: Any = None) -> tuple[torch.Tensor, EvalResult]:
     """Every prediction's loss under the model as it is, by sliding windows (the pass `eval.mix_unadapted`
-    runs before any adaptation), on every rank: (N,) float32, index t = token t (collective)."""
+    runs before any adaptation), on every rank: (N,) float32, index t = token t; and that pass's own
+    result, the model's score as a fixed predictor (collective)."""
+    t0 = time.perf_counter()
     ledger = TokenLedger(tokens, luts, device)
     rows = window_rows(rank_share(window_plan(tokens.numel(), seq_len, stride), rank, world_size))
     with eval_mode(model):
         score_rows(model, ledger, rows, batch_rows=batch_tokens // (world_size * seq_len),
                    autocast_bf16=autocast_bf16, compile_backend=compile_backend)
-    ledger.finish()  # every prediction scored exactly once
-    return ledger.scored_losses()
+    totals, report = ledger.finish()  # every prediction scored exactly once
+    return ledger.scored_losses(), result_from(totals, report, t0)
 
 
 def evaluate_standard(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, batch_tokens: int,
