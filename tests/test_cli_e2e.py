@@ -299,7 +299,8 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_run: tuple[Path, subprocess.Complet
 @pytest.mark.parametrize("run_id,flags", [
     ("cached", ["--eval.ngram_order", "2"]),
     # the unadapted pass that eval.mix_unadapted runs first is reused as the fixed-predictor roundtrip
-    ("mixed", ["--eval.ngram_order", "2", "--eval.ttt", "lora", "--eval.mix_unadapted", "true"]),
+    ("mixed", ["--eval.ngram_order", "2", "--eval.ttt", "lora", "--eval.mix_unadapted", "true",
+               "--ttt.lora_mix_lr", "0.01"]),
 ])
 def test_quantisation_gap_leaves_eval_time_adaptation_out(tiny_run: tuple[Path, subprocess.CompletedProcess],
                                                           run_id: str, flags: list[str]) -> None:

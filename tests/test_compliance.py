@@ -101,6 +101,24 @@ def test_eval_with_the_ngram_cache_reports_its_checks(setup: tuple[RunConfig, Pa
     assert "fixed predictor" not in out
 
 
+def test_eval_with_mixed_passes_reports_them_and_their_stages(setup: tuple[RunConfig, Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, art = setup
+    assert main(["eval", str(art), "--eval.ttt", "lora", "--eval.mix_unadapted", "true", "--ttt.lora_mix_lr", "0.01",
+                 "--eval.max_tokens", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "compliance: COMPLIANT" in out
+    assert "mixed with the unadapted model's scores and a second LoRA pass's (score-first too)" in out
+    rep = json.loads(art.with_name("compliance.json").read_text())
+    checked = rep["conditions"]["score_before_update"]["checked"]
+    assert checked["unadapted_mixed"] and checked["second_lora_mixed"]
+    assert {"load", "ttt_lora", "ttt_lora.unadapted", "ttt_lora.lora_mix"} <= set(rep["time"]["stages_seconds"])
+    assert main(["eval", str(art), "--eval.ttt", "lora", "--eval.max_tokens", "320"]) == 0
+    assert "mixed with" not in capsys.readouterr().out
+    assert not json.loads(art.with_name("compliance.json").read_text())["conditions"]["score_before_update"][
+        "checked"]["second_lora_mixed"]
+
+
 def test_over_budget_evaluation_is_non_compliant(setup: tuple[RunConfig, Path],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg, art = setup

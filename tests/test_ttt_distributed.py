@@ -15,7 +15,7 @@ import torch
 from test_ttt import flat_luts, one_thread, tiny_gpt  # noqa: F401  (one_thread: autouse fixture)
 
 from pgolf import dist
-from pgolf.eval.lora import evaluate_lora
+from pgolf.eval.lora import evaluate_lora, lora_losses
 from pgolf.eval.sliding import evaluate, unadapted_losses
 from pgolf.eval.ttt import SGDChunkAdapter, evaluate_chunked
 from pgolf.tokenizer import BOS_ID
@@ -53,6 +53,12 @@ def scores(rank: int, world_size: int) -> dict[str, list[Any]]:
                                         lora_rank=2, alpha=4.0, lr=0.05, ngram_order=3, **where,
                                         unadapted_nll=unadapted_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32,
                                                                        stride=8, batch_tokens=256, **where)[0]),
+        # a second LoRA pass's losses too (ttt.lora_mix_lr), gathered the same way
+        "lora_second": evaluate_lora(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8, batch_docs=3,
+                                     lora_rank=2, alpha=4.0, lr=0.05, ngram_order=3, **where,
+                                     lora_mix_nll=lora_losses(tiny_gpt(), tokens, flat_luts(), seq_len=32, chunk=8,
+                                                              batch_docs=3, lora_rank=2, alpha=4.0, lr=0.2,
+                                                              **where)[0]),
     }
     return {k: [r.loss, r.bpb, r.num_tokens, r.num_bytes, r.ledger.num_adapted, r.ledger.num_scored]
             for k, r in results.items()}
@@ -86,3 +92,4 @@ def test_two_gloo_processes_score_like_one(tmp_path: Path) -> None:
     assert single["chunked"][1] != single["sliding"][1]  # adaptation really ran on both sides
     assert single["sliding_ngram"][1] != single["sliding"][1] and single["lora_ngram"][1] != single["lora"][1]
     assert single["lora_unadapted"][1] != single["lora_ngram"][1]
+    assert single["lora_second"][1] not in (single["lora_ngram"][1], single["lora_unadapted"][1])

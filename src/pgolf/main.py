@@ -49,7 +49,7 @@ ENV_FLAGS: dict[str, str] = {
 FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
     "pgolf.eval.ttt": lambda cfg: cfg.eval.ttt == "chunked",
     "pgolf.eval.lora": lambda cfg: cfg.eval.ttt == "lora",
-    "pgolf.eval.ngram": lambda cfg: cfg.eval.ngram_order > 0 or cfg.eval.mix_unadapted,
+    "pgolf.eval.ngram": lambda cfg: cfg.eval.ngram_order > 0 or cfg.eval.mix_unadapted or cfg.ttt.lora_mix_lr > 0,
     "pgolf.quant.qat": lambda cfg: cfg.train.qat_threshold > 0,
     "pgolf.quant.gptq": lambda cfg: cfg.quant.gptq,
     "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,

@@ -66,12 +66,17 @@ def run_eval(model: torch.nn.Module, val: ValData, ecfg: EvalConfig, seq_len: in
 EVAL_STAGES = {"none": "sliding", "chunked": "ttt_chunked", "lora": "ttt_lora"}
 
 
-def _with_unadapted(r: EvalResult, fixed: EvalResult | None) -> EvalResult:
-    """The TTT result with the unadapted pass (if one ran) on its clock, as a stage, and kept beside it."""
+def _with_passes(r: EvalResult, fixed: EvalResult | None, second: EvalResult | None = None) -> EvalResult:
+    """The TTT result with the unadapted pass and the second LoRA pass (those that ran) on its clock, as
+    stages, and kept beside it."""
     if fixed is not None:
         r.seconds += fixed.seconds
         r.stages["unadapted"] = fixed.seconds
         r.unadapted = fixed
+    if second is not None:
+        r.seconds += second.seconds
+        r.stages["lora_mix"] = second.seconds
+        r.lora_mix = second
     return r
 
 
@@ -96,16 +101,21 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
         adapter = SGDChunkAdapter(model, lr=t.lr, momentum=t.momentum, epochs=t.epochs, batch_seqs=t.batch_seqs,
                                   grad_clip=t.grad_clip, seq_len=seq_len, autocast_bf16=bf16, rank=info.rank,
                                   world_size=info.world_size)
-        return _with_unadapted(evaluate_chunked(
+        return _with_passes(evaluate_chunked(
             model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
             chunk_tokens=t.chunk_tokens, adapter=adapter, ngram_order=ecfg.ngram_order, **where), fixed)
     if ecfg.ttt == "lora":
-        from pgolf.eval.lora import evaluate_lora
+        from pgolf.eval.lora import evaluate_lora, lora_losses
 
-        return _with_unadapted(evaluate_lora(
-            model, val.tokens, val.luts, seq_len=seq_len, chunk=t.lora_chunk, batch_docs=t.lora_batch_docs,
-            lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr, steps=t.lora_steps, seed=cfg.train.seed,
-            ngram_order=ecfg.ngram_order, **where), fixed)
+        lora = dict(seq_len=seq_len, chunk=t.lora_chunk, batch_docs=t.lora_batch_docs, lora_rank=t.lora_rank,
+                    alpha=t.lora_alpha, steps=t.lora_steps, seed=cfg.train.seed)
+        second = None
+        if t.lora_mix_lr > 0:  # a second pass with adapters of its own, mixed into the first's scores
+            lora_mix_nll, second = lora_losses(model, val.tokens, val.luts, lr=t.lora_mix_lr, **lora,
+                                               **{k: v for k, v in where.items() if k != "unadapted_nll"})
+            where["lora_mix_nll"] = lora_mix_nll
+        return _with_passes(evaluate_lora(model, val.tokens, val.luts, lr=t.lora_lr, ngram_order=ecfg.ngram_order,
+                                          **lora, **where), fixed, second)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,
                     compile_backend=compile_backend(ecfg), ngram_order=ecfg.ngram_order, **where)
 

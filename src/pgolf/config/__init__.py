@@ -325,10 +325,14 @@ class TTTConfig:
     """`lora`: tokens of a document scored between two adapter steps; must be <= the eval seq_len."""
     lora_batch_docs: int = 16
     """`lora`: documents adapted side by side (sorted by length, longest first; records: 64)."""
+    lora_mix_lr: float = 0.0
+    """`lora`: run a second LoRA pass first, with adapters of its own at this Adam learning rate (the same
+    documents, chunks and steps), and mix its scores into the first pass's with weights learned from earlier
+    positions only, as `eval.mix_unadapted` does (pgolf.eval.ngram.mix_passes); 0 = off (one pass)."""
 
     def validate(self) -> None:
         require(self.chunk_tokens >= 1, f"ttt.chunk_tokens={self.chunk_tokens} must be >= 1")
-        for name in ("lr", "lora_lr", "grad_clip"):
+        for name in ("lr", "lora_lr", "lora_mix_lr", "grad_clip"):
             require(getattr(self, name) >= 0, f"ttt.{name}={getattr(self, name)} must be >= 0")
         require(0 <= self.momentum < 1, f"ttt.momentum={self.momentum} must be in [0, 1)")
         require(self.epochs >= 0, f"ttt.epochs={self.epochs} must be >= 0")
@@ -391,6 +395,9 @@ class RunConfig:
                  f"needs >= 260 pieces (256 byte-fallback pieces + 4 specials)")
         require(self.eval.stride <= self.eval_seq_len, f"eval.stride={self.eval.stride} must be <= the eval "
                  f"sequence length {self.eval_seq_len} (eval.seq_len, else train.train_seq_len)")
+        require(not self.ttt.lora_mix_lr or self.eval.ttt == "lora",
+                f"ttt.lora_mix_lr={self.ttt.lora_mix_lr} needs eval.ttt lora (a second LoRA pass), not "
+                f"{self.eval.ttt!r}: set --eval.ttt lora or --ttt.lora_mix_lr 0")
         require(self.eval.ttt != "lora" or self.ttt.lora_chunk <= self.eval_seq_len,
                  f"ttt.lora_chunk={self.ttt.lora_chunk} must be <= the eval sequence length {self.eval_seq_len}")
         return self

@@ -98,7 +98,8 @@ class LedgerReport:
     num_adapted: int  # predictions adaptation was given, each only after it was scored
     num_releases: int  # spans released to adapters (rank 0's count; every rank releases alike or none)
     ngram_order: int = 0  # order of the causal n-gram caches mixed into the scores (0: none; pgolf.eval.ngram)
-    unadapted: bool = False  # the unadapted model's scores mixed in (pgolf.eval.ngram.mix_unadapted)
+    unadapted: bool = False  # the unadapted model's scores mixed in (pgolf.eval.ngram.mix_passes)
+    lora_mixed: bool = False  # a second LoRA pass's scores mixed in (ttt.lora_mix_lr)
     ngram_seconds: float = 0.0  # time the mixing took (this rank)
 
 
@@ -116,17 +117,21 @@ class TokenLedger:
     scored lives on the host and follows from the row descriptors alone: no device sync per batch.
     Once every prediction is scored, `finish` can turn the committed losses into those of causal mixtures
     (`pgolf.eval.ngram`): with `unadapted_nll` (every prediction's loss under the model before any
-    adaptation, from an earlier pass) the adapted and the unadapted model mixed, then with `ngram_order`
-    > 0 that mixed with n-gram caches of the stream and of the current document.
+    adaptation, from an earlier pass) and `lora_mix_nll` (each loss under a second LoRA pass) the adapted
+    model mixed with those passes, then with `ngram_order` > 0 that mixed with n-gram caches of the stream
+    and of the current document.
     """
 
     def __init__(self, tokens: torch.Tensor, luts: ByteLuts, device: torch.device | str = "cpu",
-                 ngram_order: int = 0, unadapted_nll: torch.Tensor | None = None) -> None:
+                 ngram_order: int = 0, unadapted_nll: torch.Tensor | None = None,
+                 lora_mix_nll: torch.Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.ngram_order = ngram_order
-        if unadapted_nll is not None and unadapted_nll.shape != tokens.shape:
-            raise ValueError(f"unadapted losses {tuple(unadapted_nll.shape)} do not match the stream {tuple(tokens.shape)}")
-        self._unadapted = None if unadapted_nll is None else unadapted_nll.to(self.device, torch.float32)
+        for what, other in (("unadapted", unadapted_nll), ("second LoRA pass", lora_mix_nll)):
+            if other is not None and other.shape != tokens.shape:
+                raise ValueError(f"{what} losses {tuple(other.shape)} do not match the stream {tuple(tokens.shape)}")
+        self._unadapted, self._lora_mixed = unadapted_nll is not None, lora_mix_nll is not None
+        self._others = [o.to(self.device, torch.float32) for o in (unadapted_nll, lora_mix_nll) if o is not None]
         self._tokens = tokens.to(device=self.device, dtype=torch.long)  # (N,)
         self.num_tokens = int(tokens.numel())
         self._luts = luts.to(self.device)
@@ -239,7 +244,7 @@ class TokenLedger:
             raise LedgerError(f"{missing} predictions were never scored and {repeated} were scored more than once "
                               f"(of {counts.size}); every prediction must be scored exactly once")
         t0 = time.perf_counter()
-        if self.ngram_order or self._unadapted is not None:
+        if self.ngram_order or self._others:
             self._mix()
         ngram_seconds = time.perf_counter() - t0
         totals = self.totals()
@@ -248,7 +253,7 @@ class TokenLedger:
         report = LedgerReport(num_positions=int(counts.size), num_scored=int((counts == 1).sum()),
                               num_adapted=int((released > 0).sum()), num_releases=self.num_releases,
                               ngram_order=self.ngram_order, ngram_seconds=ngram_seconds,
-                              unadapted=self._unadapted is not None)
+                              unadapted=self._unadapted, lora_mixed=self._lora_mixed)
         return totals, report
 
     def scored_losses(self) -> torch.Tensor:
@@ -259,11 +264,11 @@ class TokenLedger:
     def _mix(self) -> None:
         """Replace this rank's committed losses by the mixed ones (collective: the mixture weights at a
         position read the losses of earlier positions, whichever rank scored them)."""
-        from pgolf.eval.ngram import mix_scores, mix_unadapted
+        from pgolf.eval.ngram import mix_passes, mix_scores
 
         mixed = self.scored_losses()  # (N,)
-        if self._unadapted is not None:
-            mixed = mix_unadapted(mixed, self._unadapted, self._tokens)
+        if self._others:
+            mixed = mix_passes(mixed, self._others, self._tokens)
         if self.ngram_order:
             vocab = int(self._luts.base_bytes.numel())  # the byte tables cover every id of the model and tokenizer
             mixed = mix_scores(mixed, self._tokens, self.ngram_order, vocab)

@@ -35,8 +35,8 @@ GUARANTEES = {
     "causal": "each score is the causal model's prediction from tokens before the target, in windows the ledger "
               "builds (inputs end before the scored target; lora: only the document's own prefix); adaptation "
               "changes weights only from tokens already scored; the n-gram caches (eval.ngram_order) count only "
-              "tokens before the target and are weighed by earlier positions' scores, as is the unadapted model's "
-              "score mixed in by eval.mix_unadapted",
+              "tokens before the target and are weighed by earlier positions' scores, as are the unadapted model's "
+              "score mixed in by eval.mix_unadapted and a second LoRA pass's by ttt.lora_mix_lr",
     "normalized": "each score is the cross-entropy of a softmax over all vocabulary logits at that position; "
                   "nothing is keyed on the target; each n-gram cache is a distribution over the whole vocabulary "
                   "(exact counts backed off to uniform) and the score a mixture of them and the model",
@@ -88,6 +88,7 @@ def _conditions(mode: str, r: EvalResult, probe: dict[str, Any]) -> dict[str, di
         "score_before_update": {"ok": led is not None and (mode != "none" or led.num_adapted == 0),
                                 "checked": {"adaptation": mode, "ngram_order": getattr(led, "ngram_order", 0),
                                             "unadapted_mixed": getattr(led, "unadapted", False),
+                                            "second_lora_mixed": getattr(led, "lora_mixed", False),
                                             "releases": getattr(led, "num_releases", None),
                                             "predictions_adapted_on": getattr(led, "num_adapted", None)}},
         "single_pass": {"ok": led is not None and led.num_scored == led.num_positions == r.num_tokens,
@@ -177,8 +178,10 @@ def format_report(rep: dict[str, Any]) -> list[str]:
     else:
         what = (f"{adapt['predictions_adapted_on']:,} predictions adapted on ({adapt['adaptation']}), each after its "
                 f"score was committed ({adapt['releases']:,} releases)")
-    if adapt.get("unadapted_mixed"):
-        what += "; mixed with the unadapted model's scores by weights learned from earlier positions"
+    mixed = [what for key, what in (("unadapted_mixed", "the unadapted model's scores"),
+                                    ("second_lora_mixed", "a second LoRA pass's (score-first too)")) if adapt.get(key)]
+    if mixed:
+        what += f"; mixed with {' and '.join(mixed)} by weights learned from earlier positions"
     if adapt.get("ngram_order"):
         what += (f"; mixed with order-{adapt['ngram_order']} n-gram caches of the tokens before each target "
                  f"(eval-time adaptation, counted after scoring)")

@@ -212,13 +212,29 @@ def adapt_documents(model: nn.Module, ledger: TokenLedger, *, seq_len: int, chun
 def evaluate_lora(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, chunk: int,
                   batch_docs: int, lora_rank: int, alpha: float, lr: float, steps: int = 1, seed: int = 0,
                   rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
-                  progress: bool = False, ngram_order: int = 0,
-                  unadapted_nll: torch.Tensor | None = None) -> EvalResult:
-    """val_bpb with per-document score-first LoRA adaptation (see `adapt_documents`)."""
+                  progress: bool = False, ngram_order: int = 0, unadapted_nll: torch.Tensor | None = None,
+                  lora_mix_nll: torch.Tensor | None = None) -> EvalResult:
+    """val_bpb with per-document score-first LoRA adaptation (see `adapt_documents`), mixed with the losses
+    of earlier passes and n-gram caches as `TokenLedger` says."""
     t0 = time.perf_counter()
-    ledger = TokenLedger(tokens, luts, device, ngram_order, unadapted_nll)
+    ledger = TokenLedger(tokens, luts, device, ngram_order, unadapted_nll, lora_mix_nll)
     adapt_documents(model, ledger, seq_len=seq_len, chunk=chunk, batch_docs=batch_docs, lora_rank=lora_rank,
                     alpha=alpha, lr=lr, steps=steps, seed=seed, rank=rank, world_size=world_size,
                     autocast_bf16=autocast_bf16, progress=progress)
     totals, report = ledger.finish()
     return result_from(totals, report, t0)
+
+
+def lora_losses(model: nn.Module, tokens: torch.Tensor, luts: ByteLuts, *, seq_len: int, chunk: int,
+                batch_docs: int, lora_rank: int, alpha: float, lr: float, steps: int = 1, seed: int = 0,
+                rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", autocast_bf16: bool = False,
+                progress: bool = False) -> tuple[torch.Tensor, EvalResult]:
+    """Every prediction's loss under a score-first LoRA pass of its own (the second pass `ttt.lora_mix_lr`
+    runs), on every rank: (N,) float32, index t = token t; and that pass's own result (collective)."""
+    t0 = time.perf_counter()
+    ledger = TokenLedger(tokens, luts, device)
+    adapt_documents(model, ledger, seq_len=seq_len, chunk=chunk, batch_docs=batch_docs, lora_rank=lora_rank,
+                    alpha=alpha, lr=lr, steps=steps, seed=seed, rank=rank, world_size=world_size,
+                    autocast_bf16=autocast_bf16, progress=progress)
+    totals, report = ledger.finish()  # every prediction scored exactly once, each adapted on only after
+    return ledger.scored_losses(), result_from(totals, report, t0)

@@ -18,14 +18,15 @@ once with sorts and cumulative sums instead of a Python loop.
 Counting is exact (contexts are numbered by `torch.unique`, never hashed): nothing is keyed on the
 target, the pattern the challenge ruled out for hashed caches.
 
-The same Bayesian averaging mixes a TTT-adapted model with the artifact's model before adaptation
-(`mix_unadapted`, `eval.mix_unadapted`), one posterior per bin of the position in the document, before
-the caches.
+The same Bayesian averaging mixes a TTT-adapted model with other passes over the stream, the artifact's
+model before adaptation (`eval.mix_unadapted`) and a second LoRA pass at another learning rate
+(`ttt.lora_mix_lr`), one posterior per bin of the position in the document, before the caches (`mix_passes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -134,8 +135,9 @@ def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: 
     return out
 
 
-# The unadapted model's weights in `mix_unadapted`, and the bins of a prediction's place in its document
-# (tokens since its BOS) that keep one posterior each: TTT adapts as a document goes on.
+# The weights of each other pass in `mix_passes` (the unadapted model, a second LoRA pass), and the bins of a
+# prediction's place in its document (tokens since its BOS) that keep one posterior each: TTT adapts as a
+# document goes on.
 UNADAPTED_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DOC_POSITION_BINS = (64, 256, 1024, 4096)
 
@@ -150,16 +152,20 @@ def document_positions(tokens: torch.Tensor) -> torch.Tensor:
     return pos
 
 
-def mix_unadapted(nll: torch.Tensor, fixed_nll: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """The loss of every prediction under a mixture of the adapted model (nll, (N,), index t = token t) and
-    the artifact's model before any adaptation (fixed_nll, same layout): (1 - w) p_adapted + w p_fixed with
-    w a Bayesian average over `UNADAPTED_GRID`, one posterior per bin of the position in the document, from
-    the earlier predictions of that bin only. Returns (N,) float32, index 0 zero."""
-    p_a, p_f = torch.exp(-nll[1:].double()), torch.exp(-fixed_nll[1:].double())
+    other passes over the same stream (each (N,), same layout: the artifact's model before any adaptation,
+    a second TTT pass): (1 - sum w_i) p_adapted + sum w_i p_i with each w_i from `UNADAPTED_GRID` (the
+    combinations summing to at most 1), a Bayesian average with one posterior per bin of the position in the
+    document, from the earlier predictions of that bin only. Returns (N,) float32, index 0 zero."""
+    p_a = torch.exp(-nll[1:].double())
+    p = [torch.exp(-o[1:].double()) for o in others]
     bucket = torch.bucketize(document_positions(tokens)[1:],
                              torch.tensor(DOC_POSITION_BINS, device=tokens.device))
+    grid = [ws for ws in itertools.product(UNADAPTED_GRID, repeat=len(p)) if sum(ws) <= 1 + 1e-9]
+    candidates = ((1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)
     out = torch.zeros_like(nll, dtype=torch.float32)
-    out[1:] = (-_bayes_average([(1 - w) * p_a + w * p_f for w in UNADAPTED_GRID], bucket)).float()
+    out[1:] = (-_bayes_average(candidates, bucket)).float()
     return out
 
 

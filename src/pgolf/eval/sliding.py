@@ -81,6 +81,7 @@ class EvalResult:
     ledger: LedgerReport | None = None
     stages: dict[str, float] = field(default_factory=dict)  # seconds per part (score, adapt) where measured
     unadapted: EvalResult | None = None  # eval.mix_unadapted: the unadapted pass's own score (a fixed predictor)
+    lora_mix: EvalResult | None = None  # ttt.lora_mix_lr: the second LoRA pass's own score
 
 
 def window_rows(windows: list[Window]) -> np.ndarray:
