@@ -142,7 +142,8 @@ def test_evaluate_model_runs_a_second_lora_pass_and_mixes_it_in(unadapted: bool)
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, seq_len=32, stride=16, ttt="lora",
                                                             mix_unadapted=unadapted, ngram_order=2, compile=False),
                               ttt=dataclasses.replace(cfg.ttt, lora_chunk=8, lora_batch_docs=2, lora_rank=2,
-                                                      lora_alpha=4.0, lora_lr=0.05, lora_mix_lr=0.2))
+                                                      lora_alpha=4.0, lora_lr=0.05, lora_mix_lr=0.2,
+                                                      lora_mix_rank=0 if unadapted else 4))
     cfg.validate()
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     bf16 = use_bf16(cfg.eval.dtype, info.device)
@@ -151,7 +152,8 @@ def test_evaluate_model_runs_a_second_lora_pass_and_mixes_it_in(unadapted: bool)
     assert r.lora_mix is not None and r.stages["lora_mix"] == r.lora_mix.seconds > 0
     assert r.seconds >= r.stages["lora_mix"] + r.stages.get("unadapted", 0.0)
     # the second pass is its own score-first LoRA evaluation at ttt.lora_mix_lr, mixing nothing
-    lora = dict(LORA, lr=0.2)
+    # (ttt.lora_mix_rank 4: rank 4 at alpha 8, the first pass's alpha / rank)
+    lora = dict(LORA, lr=0.2) if unadapted else dict(LORA, lr=0.2, lora_rank=4, alpha=8.0)
     second = evaluate_lora(tiny_gpt(), tokens, flat_luts(), **lora, seed=cfg.train.seed, autocast_bf16=bf16)
     assert (r.lora_mix.bpb, r.lora_mix.num_tokens) == (second.bpb, second.num_tokens)
     assert r.lora_mix.ledger.num_adapted == second.ledger.num_adapted > 0
@@ -177,6 +179,8 @@ def test_a_second_lora_pass_needs_lora_and_a_learning_rate_of_zero_or_more() -> 
         dataclasses.replace(cfg, ttt=dataclasses.replace(cfg.ttt, lora_mix_lr=0.01)).validate()
     with pytest.raises(ConfigError, match="ttt.lora_mix_lr=-0.1"):
         TTTConfig(lora_mix_lr=-0.1).validate()
+    with pytest.raises(ConfigError, match="ttt.lora_mix_rank=-1"):
+        TTTConfig(lora_mix_rank=-1).validate()
     dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, ttt="lora"),
                         ttt=dataclasses.replace(cfg.ttt, lora_mix_lr=0.01)).validate()
 

@@ -96,7 +96,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
 # Fields added after configs were first stored, each with the value that does what a config written before
 # it did: a stored section lacking one reads as that value (any other missing field is still refused).
 ADDED_FIELDS: dict[type, dict[str, Any]] = {EvalConfig: {"compile": False, "ngram_order": 0, "mix_unadapted": False},
-                                            TTTConfig: {"lora_steps": 1, "lora_mix_lr": 0.0}}
+                                            TTTConfig: {"lora_steps": 1, "lora_mix_lr": 0.0, "lora_mix_rank": 0}}
 
 
 def with_added_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -111,9 +111,11 @@ def evaluate_model(model: torch.nn.Module, val: ValData, cfg: RunConfig, info: D
                     alpha=t.lora_alpha, steps=t.lora_steps, seed=cfg.train.seed)
         second = None
         if t.lora_mix_lr > 0:  # a second pass with adapters of its own, mixed into the first's scores
-            lora_mix_nll, second = lora_losses(model, val.tokens, val.luts, lr=t.lora_mix_lr, **lora,
-                                               **{k: v for k, v in where.items() if k != "unadapted_nll"})
-            where["lora_mix_nll"] = lora_mix_nll
+            rank2 = t.lora_mix_rank or t.lora_rank
+            shape2 = {**lora, "lora_rank": rank2, "alpha": t.lora_alpha * rank2 / t.lora_rank}  # same alpha / rank
+            plain = {k: v for k, v in where.items() if k != "unadapted_nll"}
+            where["lora_mix_nll"], second = lora_losses(model, val.tokens, val.luts, lr=t.lora_mix_lr, **shape2,
+                                                        **plain)
         return _with_passes(evaluate_lora(model, val.tokens, val.luts, lr=t.lora_lr, ngram_order=ecfg.ngram_order,
                                           **lora, **where), fixed, second)
     return evaluate(model, val.tokens, val.luts, seq_len=seq_len, stride=stride, batch_tokens=ecfg.batch_tokens,

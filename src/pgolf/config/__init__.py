@@ -329,6 +329,9 @@ class TTTConfig:
     """`lora`: run a second LoRA pass first, with adapters of its own at this Adam learning rate (the same
     documents, chunks and steps), and mix its scores into the first pass's with weights learned from earlier
     positions only, as `eval.mix_unadapted` does (pgolf.eval.ngram.mix_passes); 0 = off (one pass)."""
+    lora_mix_rank: int = 0
+    """`lora`: adapter rank of the second pass (`ttt.lora_mix_lr`), its alpha scaled to keep lora_alpha /
+    lora_rank; 0 = lora_rank."""
 
     def validate(self) -> None:
         require(self.chunk_tokens >= 1, f"ttt.chunk_tokens={self.chunk_tokens} must be >= 1")
@@ -342,6 +345,7 @@ class TTTConfig:
         require(self.lora_steps >= 1, f"ttt.lora_steps={self.lora_steps} must be >= 1")
         require(self.lora_chunk >= 1, f"ttt.lora_chunk={self.lora_chunk} must be >= 1")
         require(self.lora_batch_docs >= 1, f"ttt.lora_batch_docs={self.lora_batch_docs} must be >= 1")
+        require(self.lora_mix_rank >= 0, f"ttt.lora_mix_rank={self.lora_mix_rank} must be >= 0 (0 = ttt.lora_rank)")
 
 
 @dataclass(kw_only=True)
