@@ -158,8 +158,8 @@ def cpu_record_tuned() -> RunConfig:
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), learning rates 0.7x cpu-baseline's,
     a warm-down over the last 45% of the budget, per-document LoRA test-time training at evaluation
     (score-first, inside 600 s, at a learning rate screened on a trained model) mixed with the model's own
-    unadapted scores (`eval.mix_unadapted`), and order-8 n-gram caches of the already-scored validation
-    tokens mixed into the scores (`eval.ngram_order`).
+    unadapted scores (`eval.mix_unadapted`) and a second LoRA pass's (`ttt.lora_mix_lr`), and order-8 n-gram
+    caches of the already-scored validation tokens mixed into the scores (`eval.ngram_order`).
 
     The records' optimiser switches (MuonEq-R, weight decay, EMA, late QAT, their learning rates and
     momentum) and their shape switches measured no gain or a loss at a few hundred steps, so this preset
@@ -189,6 +189,8 @@ def cpu_record_tuned() -> RunConfig:
         eval=dict(ttt="lora", ngram_order=8, mix_unadapted=True, stride=64),
         # the adapters' Adam rate, screened on a trained model: without the caches 0.006 scored 0.026 below the
         # default 0.001 (0.002-0.01 all gain; 0.015 overshoots; rank 16 did not help); with them 0.004 is best
-        # (0.002 / 0.003 / 0.004 / 0.006 / 0.009 on seed 1337), -0.0027 on each of 3 seeds against 0.006
-        ttt=dict(lora_lr=0.004),
+        # (0.002 / 0.003 / 0.004 / 0.006 / 0.009 on seed 1337), -0.0027 on each of 3 seeds against 0.006;
+        # a second LoRA pass at rank 16 mixed in (chosen on training text among rank 8 at 0.008-0.02 and rank 16 at
+        # 0.004 / 0.008): -0.0028 on average over 3 seeds for ~170 s more evaluation (docs/LOG.md)
+        ttt=dict(lora_lr=0.004, lora_mix_lr=0.004, lora_mix_rank=16),
     )
