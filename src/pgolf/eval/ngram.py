@@ -19,7 +19,7 @@ Counting is exact (contexts are numbered by `torch.unique`, never hashed): nothi
 target, the pattern the challenge ruled out for hashed caches.
 
 The same Bayesian averaging mixes a TTT-adapted model with other passes over the stream, the artifact's
-model before adaptation (`eval.mix_unadapted`) and a second LoRA pass at another learning rate
+model before adaptation (`eval.mix_unadapted`) and a second LoRA pass of another rank or learning rate
 (`ttt.lora_mix_lr`), one posterior per bin of the position in the document, before the caches (`mix_passes`).
 """
 
@@ -163,7 +163,7 @@ def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.
     bucket = torch.bucketize(document_positions(tokens)[1:],
                              torch.tensor(DOC_POSITION_BINS, device=tokens.device))
     grid = [ws for ws in itertools.product(UNADAPTED_GRID, repeat=len(p)) if sum(ws) <= 1 + 1e-9]
-    candidates = ((1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)
+    candidates = (max(0.0, 1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)  # no -1e-16 weight
     out = torch.zeros_like(nll, dtype=torch.float32)
     out[1:] = (-_bayes_average(candidates, bucket)).float()
     return out
