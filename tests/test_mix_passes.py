@@ -17,7 +17,8 @@ from pgolf.config import ConfigError, EvalConfig, TTTConfig
 from pgolf.dist import DistInfo, use_bf16
 from pgolf.eval.bpb import TokenLedger
 from pgolf.eval.lora import adapt_documents, evaluate_lora, lora_losses
-from pgolf.eval.ngram import DOC_POSITION_BINS, UNADAPTED_GRID, document_positions, mix_passes, mix_scores
+from pgolf.eval.ngram import (DOC_POSITION_BINS, UNADAPTED_GRID, document_positions, mix_passes, mix_scores,
+                              pass_buckets)
 from pgolf.eval.sliding import eval_mode, evaluate, score_rows, unadapted_losses, window_plan, window_rows
 from pgolf.presets import get_preset
 from pgolf.scoring import ValData, evaluate_model
@@ -51,13 +52,29 @@ def test_nothing_at_a_position_depends_on_what_follows() -> None:
         assert torch.equal(mix_passes(a, [f, a * 0.8], x)[: cut + 1], mix_passes(a2, [f2, a2 * 0.8], y)[: cut + 1])
 
 
-def test_mixture_is_within_log_grid_of_its_best_fixed_weight_per_bin() -> None:
+def test_buckets_are_the_position_bin_and_the_pass_that_won_the_previous_prediction() -> None:
+    x = doc_stream([300, 90, 40], seed=11)
+    a, f, s = losses(x.numel(), 21), losses(x.numel(), 22), losses(x.numel(), 23)
+    s[50] = a[50]  # a tie goes to the first pass
+    pos = document_positions(x).tolist()
+    for others in ([f], [f, s]):
+        got = pass_buckets(a, others, x).tolist()
+        assert len(got) == x.numel() - 1
+        for t in range(1, x.numel()):
+            pos_bin = sum(pos[t] > edge for edge in DOC_POSITION_BINS)
+            prev = [float(v[t - 1]) for v in (a, *others)]
+            won = 0 if t == 1 else prev.index(min(prev))
+            assert got[t - 1] == pos_bin * (len(others) + 1) + won, (len(others), t)
+    assert len(set(pass_buckets(a, [f, s], x).tolist())) >= 6
+
+
+def test_mixture_is_within_log_grid_of_its_best_fixed_weight_per_bucket() -> None:
     x = doc_stream([700, 300, 40], seed=2)  # reaches the first four position bins
     a, f = losses(x.numel(), 3), losses(x.numel(), 4)
     mixed = mix_passes(a, [f], x)
     assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
-    bins = torch.bucketize(document_positions(x)[1:], torch.tensor(DOC_POSITION_BINS))
-    assert len(bins.unique()) >= 3
+    bins = pass_buckets(a, [f], x)
+    assert len(bins.unique()) >= 6
     p_a, p_f = torch.exp(-a[1:].double()), torch.exp(-f[1:].double())
     bound = sum(min(float(-torch.log((1 - w) * p_a[bins == b] + w * p_f[bins == b]).sum()) for w in UNADAPTED_GRID)
                 + math.log(len(UNADAPTED_GRID)) for b in bins.unique())
@@ -71,11 +88,11 @@ def test_two_equal_models_mix_to_the_same_scores() -> None:
     assert torch.allclose(mix_passes(a, [a, a], x)[1:], a[1:], atol=1e-6, rtol=0)
 
 
-def test_two_other_passes_mix_within_log_grid_of_their_best_fixed_weights_per_bin() -> None:
+def test_two_other_passes_mix_within_log_grid_of_their_best_fixed_weights_per_bucket() -> None:
     x = doc_stream([700, 300, 40], seed=12)
     a, f, s = losses(x.numel(), 13), losses(x.numel(), 14), losses(x.numel(), 15)
     mixed = mix_passes(a, [f, s], x)
-    bins = torch.bucketize(document_positions(x)[1:], torch.tensor(DOC_POSITION_BINS))
+    bins = pass_buckets(a, [f, s], x)
     p_a, p_f, p_s = (torch.exp(-v[1:].double()) for v in (a, f, s))
     grid = [(u, v) for u in UNADAPTED_GRID for v in UNADAPTED_GRID if u + v <= 1 + 1e-9]
     assert len(grid) == 54  # every pair of the one-pass weights whose sum leaves the adapted model >= 0

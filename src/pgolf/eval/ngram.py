@@ -20,7 +20,8 @@ target, the pattern the challenge ruled out for hashed caches.
 
 The same Bayesian averaging mixes a TTT-adapted model with other passes over the stream, the artifact's
 model before adaptation (`eval.mix_unadapted`) and a second LoRA pass of another rank or learning rate
-(`ttt.lora_mix_lr`), one posterior per bin of the position in the document, before the caches (`mix_passes`).
+(`ttt.lora_mix_lr`), one posterior per bin of the position in the document and pass that predicted the
+previous token best, before the caches (`mix_passes`).
 """
 
 from __future__ import annotations
@@ -152,16 +153,26 @@ def document_positions(tokens: torch.Tensor) -> torch.Tensor:
     return pos
 
 
+def pass_buckets(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """(N-1,) int64: the bucket of predictions 1..N-1 in `mix_passes`, the bin of the position in the document
+    times which pass (0 = the adapted one, i = others[i-1]) gave the previous prediction the lowest loss (the
+    first on a tie; 0 at the first prediction): both known before the target."""
+    pos_bin = torch.bucketize(document_positions(tokens)[1:], torch.tensor(DOC_POSITION_BINS, device=tokens.device))
+    won = torch.zeros_like(pos_bin)
+    won[1:] = torch.stack([nll[1:-1], *(o[1:-1] for o in others)]).argmin(0)
+    return pos_bin * (len(others) + 1) + won
+
+
 def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """The loss of every prediction under a mixture of the adapted model (nll, (N,), index t = token t) and
     other passes over the same stream (each (N,), same layout: the artifact's model before any adaptation,
     a second TTT pass): (1 - sum w_i) p_adapted + sum w_i p_i with each w_i from `UNADAPTED_GRID` (the
-    combinations summing to at most 1), a Bayesian average with one posterior per bin of the position in the
-    document, from the earlier predictions of that bin only. Returns (N,) float32, index 0 zero."""
+    combinations summing to at most 1), a Bayesian average with one posterior per bucket (`pass_buckets`: the
+    bin of the position in the document and which pass won the previous prediction), from the earlier
+    predictions of that bucket only. Returns (N,) float32, index 0 zero."""
     p_a = torch.exp(-nll[1:].double())
     p = [torch.exp(-o[1:].double()) for o in others]
-    bucket = torch.bucketize(document_positions(tokens)[1:],
-                             torch.tensor(DOC_POSITION_BINS, device=tokens.device))
+    bucket = pass_buckets(nll, others, tokens)
     grid = [ws for ws in itertools.product(UNADAPTED_GRID, repeat=len(p)) if sum(ws) <= 1 + 1e-9]
     candidates = (max(0.0, 1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)  # no -1e-16 weight
     out = torch.zeros_like(nll, dtype=torch.float32)
