@@ -191,6 +191,6 @@ def cpu_record_tuned() -> RunConfig:
         # default 0.001 (0.002-0.01 all gain; 0.015 overshoots; rank 16 did not help); with them 0.004 is best
         # (0.002 / 0.003 / 0.004 / 0.006 / 0.009 on seed 1337), -0.0027 on each of 3 seeds against 0.006;
         # a second LoRA pass at rank 16 mixed in (chosen on training text among rank 8 at 0.008-0.02 and rank 16 at
-        # 0.004 / 0.008): -0.0023 to -0.0028 on each of 3 seeds for 164-181 s more evaluation (docs/LOG.md)
+        # 0.004 / 0.008): -0.0023 to -0.0028 on each of 3 seeds for 159-181 s more evaluation (docs/LOG.md)
         ttt=dict(lora_lr=0.004, lora_mix_lr=0.004, lora_mix_rank=16),
     )
