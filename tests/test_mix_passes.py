@@ -1,7 +1,8 @@
 """`eval.mix_unadapted` and `ttt.lora_mix_lr`: the adapted model's scores mixed with the unadapted model's and
 with a second LoRA pass's. The mixture at a position depends on nothing that follows it, is never much worse
-than its best fixed weights per document-position bin, is the identity when the passes agree, and the
-evaluation reports exactly that mixture of the passes, each on its clock."""
+than its best fixed weights per bucket (document-position bin and pass that won the previous prediction), is
+the identity when the passes agree, and the evaluation reports exactly that mixture of the passes, each on
+its clock."""
 
 from __future__ import annotations
 
