@@ -1,7 +1,8 @@
 """The causal n-gram caches of `eval.ngram_order` (the stream so far, the document so far): their probabilities
 are those of the whole distribution counted directly from the prefix (which sums to one), nothing at a
 position moves when later tokens or later model scores change, the Bayesian mixture is never much worse
-than its best fixed weights, and the ledger reports the mixture of the scores it committed."""
+than its best fixed weights, its forgetting posterior is the direct recurrence and follows a switch, and the
+ledger reports the mixture of the scores it committed."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def test_mixture_is_within_log_grid_of_its_best_fixed_weights_per_bucket() -> No
     x = stream(600, 30, 6)
     x[[0, 200, 420]] = BOS_ID
     nll = torch.rand(600, generator=torch.Generator().manual_seed(1)) * 3 + 1.0
-    mixed = mix_scores(nll, x, 4, 30)
+    mixed = mix_scores(nll, x, 4, 30, decay=1.0)  # the bound of the plain posterior (the shipped one forgets)
     assert mixed[0] == 0 and bool(torch.isfinite(mixed).all())
     p_model, p_stream, p_doc, bucket = mixing_inputs(nll, x, 4, 30)
     assert len(bucket.unique()) > 10  # orders, counts and who won last carve the stream into many buckets
@@ -106,6 +107,38 @@ def test_mixture_is_within_log_grid_of_its_best_fixed_weights_per_bucket() -> No
     total = float(mixed[1:].double().sum())
     assert total <= bound + 1e-6
     assert total < float(nll[1:].double().sum())  # the repeats are worth something to a weak model
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.97, 0.5])
+def test_forgetting_posterior_is_the_direct_recurrence(decay: float) -> None:
+    # per bucket, each candidate's log weight w <- decay * (w + log m_j(t)) after every position of the bucket
+    g = torch.Generator().manual_seed(7)
+    bucket = torch.randint(0, 3, (900,), generator=g)
+    bucket[600:] = 4  # one long bucket: many doubling steps
+    cands = [torch.rand(900, generator=g, dtype=torch.float64) + 0.01 for _ in range(3)]
+    got = ngram._bayes_average(iter(cands), bucket, decay).tolist()
+    weights: dict[int, list[float]] = {}
+    for t in range(900):
+        w = weights.get(int(bucket[t]), [0.0] * 3)
+        top = max(w)
+        post = [math.exp(v - top) for v in w]
+        want = math.log(sum(p * float(c[t]) for p, c in zip(post, cands)) / sum(post))
+        assert got[t] == pytest.approx(want, abs=1e-9), t
+        weights[int(bucket[t])] = [decay * (v + math.log(float(c[t]))) for v, c in zip(w, cands)]
+
+
+def test_a_forgetting_posterior_follows_the_better_candidate_after_a_switch() -> None:
+    # candidate 0 predicts the first 500 positions far better, candidate 1 the last 500
+    first = torch.cat([torch.full((500,), 0.5), torch.full((500,), 0.05)]).double()
+    second = first.flip(0)
+    bucket = torch.zeros(1000, dtype=torch.long)
+    plain = ngram._bayes_average(iter([first, second]), bucket, 1.0)
+    forgetting = ngram._bayes_average(iter([first, second]), bucket, 0.97)
+    assert float(forgetting.sum()) > float(plain.sum()) + 100  # in nats: the plain posterior is slow to turn
+    late = slice(600, 1000)  # well after the switch the forgetting one is (almost) the better candidate
+    assert torch.allclose(forgetting[late], torch.log(first.flip(0)[late]), atol=1e-6)
+    assert float(plain[late].sum()) < float(forgetting[late].sum()) - 100
+    assert 0 < ngram.CACHE_DECAY < 1 and 0 < ngram.PASS_DECAY < 1  # both shipped mixtures forget
 
 
 def test_probe_passes_the_cache_and_catches_one_that_peeks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ target; `DISCOUNTS`), backed off to the uniform distribution over the vocabulary
 each is a distribution over the whole vocabulary that sums to one. The scored probability is a mixture
 p(x_t) = (1 - a - b) p_model(x_t) + a p_stream(x_t) + b p_document(x_t), itself a Bayesian average over
 a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions in t's
-bucket. The bucket describes the state before t: the highest matched order in each cache, how often
+bucket, the recent ones counting more (`CACHE_DECAY`: a posterior that forgets). The bucket describes the state before t: the highest matched order in each cache, how often
 the stream cache's context occurred (6 bins), whether each cache's context was always followed by the
 same token, and whether at t-1 a cache gave the scored token more probability than the model. Every
 ingredient of the score at t (the counts, the bucket, the weights) is a function of the tokens before t
@@ -36,6 +36,11 @@ from pgolf.tokenizer import BOS_ID
 # The (stream, document) cache weights the mixture averages over, with a uniform prior ((0, 0): the model alone).
 _STEPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 WEIGHT_GRID = tuple((a, b) for a in _STEPS for b in _STEPS if a + b <= 0.95)
+
+# How fast the posteriors forget, per earlier position of the same bucket (`_bayes_average`): the caches'
+# mixture and the passes'. Chosen on text from the training shard (docs/LOG.md, 2026-11-27), not on validation.
+CACHE_DECAY = 0.995
+PASS_DECAY = 0.997
 
 
 def _groups(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,11 +131,13 @@ def mixing_inputs(nll: torch.Tensor, tokens: torch.Tensor, order: int,
     return p_model, p_stream, p_doc, bucket
 
 
-def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
+def mix_scores(nll: torch.Tensor, tokens: torch.Tensor, order: int, vocab_size: int,
+               decay: float | None = None) -> torch.Tensor:
     """The mixed loss of every prediction: nll (N,) holds the model's loss of token t at index t (index 0
-    unused); returns (N,) float32 with index 0 zero."""
+    unused); returns (N,) float32 with index 0 zero. `decay`: the posterior's (`CACHE_DECAY` unless given)."""
     p_model, p_stream, p_doc, bucket = mixing_inputs(nll, tokens, order, vocab_size)
-    mixed = _bayes_average(((1 - a - b) * p_model + a * p_stream + b * p_doc for a, b in WEIGHT_GRID), bucket)
+    mixed = _bayes_average(((1 - a - b) * p_model + a * p_stream + b * p_doc for a, b in WEIGHT_GRID), bucket,
+                           CACHE_DECAY if decay is None else decay)
     out = torch.zeros_like(nll, dtype=torch.float32)
     out[1:] = (-mixed).float()
     return out
@@ -163,31 +170,56 @@ def pass_buckets(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torc
     return pos_bin * (len(others) + 1) + won
 
 
-def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.Tensor,
+               decay: float | None = None) -> torch.Tensor:
     """The loss of every prediction under a mixture of the adapted model (nll, (N,), index t = token t) and
     other passes over the same stream (each (N,), same layout: the artifact's model before any adaptation,
     a second TTT pass): (1 - sum w_i) p_adapted + sum w_i p_i with each w_i from `UNADAPTED_GRID` (the
     combinations summing to at most 1), a Bayesian average with one posterior per bucket (`pass_buckets`: the
     bin of the position in the document and which pass won the previous prediction), from the earlier
-    predictions of that bucket only. Returns (N,) float32, index 0 zero."""
+    predictions of that bucket only (`decay`: the posterior's, `PASS_DECAY` unless given). Returns (N,) float32,
+    index 0 zero."""
     p_a = torch.exp(-nll[1:].double())
     p = [torch.exp(-o[1:].double()) for o in others]
     bucket = pass_buckets(nll, others, tokens)
     grid = [ws for ws in itertools.product(UNADAPTED_GRID, repeat=len(p)) if sum(ws) <= 1 + 1e-9]
     candidates = (max(0.0, 1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)  # no -1e-16 weight
     out = torch.zeros_like(nll, dtype=torch.float32)
-    out[1:] = (-_bayes_average(candidates, bucket)).float()
+    out[1:] = (-_bayes_average(candidates, bucket, PASS_DECAY if decay is None else decay)).float()
     return out
 
 
-def _bayes_average(mixtures: Iterable[torch.Tensor], bucket: torch.Tensor) -> torch.Tensor:
+def _decayed_sum_before(values: torch.Tensor, order: torch.Tensor, start: torch.Tensor, decay: float) -> torch.Tensor:
+    """Per element of values (M,): sum over its group's earlier elements of decay^d x value, d = how many
+    elements of the group apart they are (the one just before: d = 1). The recurrence x_i = decay (x_{i-1} +
+    v_{i-1}) along each group, as a doubling scan (log2 of the largest group's size steps, each O(M)), which
+    only ever multiplies by powers of decay <= 1."""
+    v = values[order]
+    rank = torch.arange(v.numel(), device=v.device) - start  # place within the group, in sorted order
+    x = torch.zeros_like(v)
+    x[1:] = decay * v[:-1]
+    x = torch.where(rank > 0, x, 0.0)
+    span, factor, largest = 1, decay, int(rank.max()) if v.numel() else 0
+    while span <= largest:
+        reach = torch.zeros_like(x)
+        reach[span:] = factor * x[:-span]
+        x = x + torch.where(rank >= span, reach, 0.0)
+        span, factor = 2 * span, factor * factor
+    out = torch.empty_like(x)
+    out[order] = x
+    return out
+
+
+def _bayes_average(mixtures: Iterable[torch.Tensor], bucket: torch.Tensor, decay: float = 1.0) -> torch.Tensor:
     """log sum_j post_j m_j for candidate predictions m_j (each (M,)), post_j from the earlier positions of each
-    position's bucket (a uniform prior), one candidate at a time so memory stays O(M)."""
+    position's bucket (a uniform prior), each earlier position's likelihood raised to decay^d, d = how many
+    positions of the bucket ago it was (decay 1: the plain posterior; < 1: recent positions count more, so
+    the weights follow a stream whose best mixture drifts). One candidate at a time, so memory stays O(M)."""
     _, srt, start = _groups(bucket)
     num = den = None
     for m in mixtures:
         log_mix = torch.log(m)
-        past = _sum_before(log_mix, srt, start)
+        past = _sum_before(log_mix, srt, start) if decay == 1.0 else _decayed_sum_before(log_mix, srt, start, decay)
         num = past + log_mix if num is None else torch.logaddexp(num, past + log_mix)
         den = past if den is None else torch.logaddexp(den, past)
     return num - den
