@@ -6,15 +6,19 @@ with the unadapted one, without and with each candidate, exactly as the evaluati
 (`pgolf.eval.ngram.mix_passes`, then the preset's n-gram caches). `--text train-tail` takes
 the tokens from the end of the training shard (a 600 s CPU-track run reads the shard in order and stops
 well before its end, so this text is unseen by the model and is not the validation text): settings are
-chosen there, then confirmed on the validation text with `pgolf eval`.
+chosen there, then confirmed on the validation text with `pgolf eval`. `--decays P:C ...` also scores each
+candidate's mixture with other forgetting rates of the two posteriors (P: the passes', C: the caches';
+1 is the plain posterior; shipped: `PASS_DECAY`, `CACHE_DECAY`), the screen that chose them.
 
-    python benchmarks/lora_mix_screen.py ARTIFACT --text train-tail --second 8:0.008 16:0.004 [--out F]
+    python benchmarks/lora_mix_screen.py ARTIFACT --text train-tail --second 8:0.008 16:0.004
+        [--decays 1:1 0.997:0.995] [--preset NAME] [--flags "--eval.ngram_order 6"] [--out F]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from typing import Any
@@ -33,6 +37,7 @@ from pgolf.eval.sliding import unadapted_losses
 from pgolf.presets import get_preset
 from pgolf.scoring import build_model_from_artifact
 from pgolf.tokenizer import BOS_ID, build_byte_luts, load_tokenizer
+from pgolf.verbargs import parse_config
 
 
 def screen_tokens(cfg: Any, text: str, num: int) -> torch.Tensor:
@@ -54,9 +59,12 @@ def main() -> int:
     ap.add_argument("--text", choices=("train-tail", "val"), default="train-tail")
     ap.add_argument("--tokens", type=int, default=318_464, help="predictions to score")
     ap.add_argument("--second", nargs="+", default=["16:0.004"], help="candidate passes as RANK:LR")
+    ap.add_argument("--decays", nargs="*", default=[], help="forgetting rates to score each mixture at, PASS:CACHE")
+    ap.add_argument("--flags", default="", help="pgolf flags applied to the preset")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
-    cfg = get_preset(a.preset)
+    cfg = parse_config(shlex.split(a.flags), get_preset(a.preset), "lora_mix_screen.py")
+    decays = [tuple(float(v) for v in d.split(":")) for d in a.decays]
     t, ecfg = cfg.ttt, cfg.eval
     tokens = screen_tokens(cfg, a.text, a.tokens)
     luts = build_byte_luts(load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size), cfg.model.vocab_size)
@@ -69,9 +77,11 @@ def main() -> int:
     def bpb(nll: torch.Tensor) -> float:
         return float(nll[1:].double().sum()) / math.log(2) / nbytes
 
-    def final(main: torch.Tensor, others: list[torch.Tensor]) -> float:
-        mixed = mix_passes(main, others, tokens)
-        return bpb(mix_scores(mixed, tokens, ecfg.ngram_order, cfg.model.vocab_size) if ecfg.ngram_order else mixed)
+    def final(main: torch.Tensor, others: list[torch.Tensor], passes: float | None = None,
+              caches: float | None = None) -> float:
+        mixed = mix_passes(main, others, tokens, decay=passes)
+        return bpb(mix_scores(mixed, tokens, ecfg.ngram_order, cfg.model.vocab_size, decay=caches)
+                   if ecfg.ngram_order else mixed)
 
     t0 = time.perf_counter()
     fixed = unadapted_losses(model, tokens, luts, seq_len=cfg.eval_seq_len, stride=cfg.eval_stride,
@@ -86,7 +96,9 @@ def main() -> int:
                              **lora)[0]
         mixed = final(main_nll, [fixed, second])
         rows.append({"rank": rank, "lr": lr, "alone_bpb": bpb(second), "mixed_bpb": mixed, "gain_bpb": mixed - base,
-                     "seconds": time.perf_counter() - s0})
+                     "seconds": time.perf_counter() - s0,
+                     "by_decay": [{"pass_decay": p, "cache_decay": c, "mixed_bpb": final(main_nll, [fixed, second], p, c)}
+                                  for p, c in decays]})
     emit({"benchmark": "lora_mix_screen", "artifact": a.artifact, "preset": a.preset, "text": a.text,
           "predictions": int(tokens.numel() - 1), "bytes": nbytes, "unadapted_bpb": bpb(fixed),
           "main_lora_bpb": bpb(main_nll), "without_second_bpb": base, "candidates": rows,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,51 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     lora = json.loads(proc.stdout)
     assert lora["ttt"] == "lora" and [r["variant"] for r in lora["rows"]] == ["shipped", "full_last_layer"]
     assert abs(lora["rows"][0]["val_bpb"] - lora["rows"][1]["val_bpb"]) < 1e-6
+
+
+def test_lora_mix_screen_scores_each_second_pass_and_forgetting_rate_as_the_evaluation_mixes(
+        tmp_path: Path, tiny_tokenizer: Path) -> None:
+    from helpers_text import TINY_VOCAB, make_documents
+
+    torch = pytest.importorskip("torch")
+    from pgolf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from pgolf.data.shards import write_documents_as_shards
+    from pgolf.eval.ngram import CACHE_DECAY, PASS_DECAY
+    from pgolf.model.gpt import GPT
+    from pgolf.quant.export import export_model
+    from pgolf.tokenizer import BOS_ID, encode_documents, load_tokenizer
+
+    sp = load_tokenizer(tiny_tokenizer, TINY_VOCAB)
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("val", 2)):
+        write_documents_as_shards(data, split, encode_documents(sp, make_documents(4_000, seed=seed)),
+                                  bos_id=BOS_ID, shard_tokens=100_000)
+    flags = (f"--data.dataset_dir {data} --data.tokenizer_path {tiny_tokenizer} --model.vocab_size {TINY_VOCAB} "
+             "--model.num_layers 2 --model.model_dim 32 --model.num_heads 2 --model.num_kv_heads 1 "
+             "--train.train_seq_len 32 --eval.ngram_order 3 --eval.stride 16 --eval.dtype float32 "
+             "--ttt.lora_chunk 8 --ttt.lora_rank 2 --ttt.lora_alpha 4 --ttt.lora_lr 0.05")
+    cfg = RunConfig(name="s", model=ModelConfig(vocab_size=TINY_VOCAB, num_layers=2, model_dim=32, num_heads=2,
+                                                num_kv_heads=1),
+                    train=TrainConfig(train_seq_len=32, train_batch_tokens=128, grad_accum_steps=1),
+                    data=DataConfig(source="fineweb", dataset_dir=str(data), tokenizer_path=str(tiny_tokenizer))).validate()
+    torch.manual_seed(0)
+    export_model(GPT(cfg.model), cfg, tmp_path / "m.ptz", code_bytes=1_000)
+    shipped = f"{PASS_DECAY}:{CACHE_DECAY}"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/lora_mix_screen.py"), str(tmp_path / "m.ptz"),
+                           "--preset", "test-tiny", "--flags", flags, "--tokens", "400", "--second", "4:0.05", "8:0.02",
+                           "--decays", "1:1", shipped, "--out", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == json.loads((tmp_path / "s.json").read_text())
+    assert result["text"] == "train-tail" and result["predictions"] == 400 and result["bytes"] > 400
+    assert [(r["rank"], r["lr"]) for r in result["candidates"]] == [(4, 0.05), (8, 0.02)]
+    for row in result["candidates"]:
+        assert row["gain_bpb"] == pytest.approx(row["mixed_bpb"] - result["without_second_bpb"], abs=1e-12)
+        plain, default = row["by_decay"]
+        assert (plain["pass_decay"], plain["cache_decay"]) == (1.0, 1.0)
+        assert default["mixed_bpb"] == row["mixed_bpb"]  # the shipped rates are the mixture the evaluation scores
+        assert plain["mixed_bpb"] != row["mixed_bpb"] and math.isfinite(plain["mixed_bpb"])
 
 
 def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Path) -> None:
