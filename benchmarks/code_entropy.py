@@ -9,7 +9,14 @@ the empirical entropy of the codes given two contexts a coder could use:
 - `col_bucket`: the same for columns (input features of different scale: a per-column scale model).
 
 Both are plug-in estimates over the tensor itself (a real adaptive coder also pays to learn its model),
-so they are lower bounds on what such a context coder would reach, not sizes it would produce.
+so they are lower bounds on what such a context coder would reach, not sizes it would produce. Two
+sizes such a coder would produce (adaptive counts, Krichevsky-Trofimov, over the alphabet -m..m of the
+tensor's largest magnitude m) are given beside them:
+
+- `adaptive_order0`: no context;
+- `adaptive_neighbours`: given a scale predicted from codes before each one (the previous four magnitudes
+  in the row, the mean magnitude of the column over the rows above and of the row so far), in log
+  buckets 0.3 wide.
 
     python benchmarks/code_entropy.py ARTIFACT [--out F]
 """
@@ -48,7 +55,43 @@ def code_tensor_entropies(codes: np.ndarray) -> dict[str, float]:
     order1 = entropy_bits(codes[:, 0]) + conditional_bits(codes[:, 1:], prev)
     return {"order0_bits": entropy_bits(codes), "given_prev_bits": order1,
             "given_row_bucket_bits": conditional_bits(codes, spread_buckets(codes, 1)),
-            "given_col_bucket_bits": conditional_bits(codes, spread_buckets(codes, 0))}
+            "given_col_bucket_bits": conditional_bits(codes, spread_buckets(codes, 0)),
+            "adaptive_order0_bits": adaptive_bits(codes, np.zeros_like(codes)),
+            "adaptive_neighbours_bits": adaptive_bits(codes, neighbour_buckets(codes))}
+
+
+def _earlier(keys: np.ndarray) -> np.ndarray:
+    """For each element of keys (n,), how many earlier elements have the same key."""
+    order = np.argsort(keys, kind="stable")
+    idx = np.arange(keys.size)
+    new = np.ones(keys.size, dtype=bool)
+    new[1:] = keys[order][1:] != keys[order][:-1]
+    out = np.empty(keys.size, dtype=np.int64)
+    out[order] = idx - np.maximum.accumulate(np.where(new, idx, 0))
+    return out
+
+
+def adaptive_bits(codes: np.ndarray, context: np.ndarray, alpha: float = 0.5) -> float:
+    """Bits an adaptive coder spends on `codes` in row-major order, each coded by the counts of the earlier codes
+    of its context (same shape, non-negative ints): -log2 (n(ctx, c) + alpha) / (n(ctx) + alpha K)."""
+    m = int(np.abs(codes).max())
+    sym, ctx = codes.ravel().astype(np.int64) + m, context.ravel().astype(np.int64)
+    p = (_earlier(ctx * (2 * m + 1) + sym) + alpha) / (_earlier(ctx) + alpha * (2 * m + 1))
+    return float(-np.log2(p).sum())
+
+
+def neighbour_buckets(codes: np.ndarray) -> np.ndarray:
+    """Each code's log bucket (0.3 wide) of a scale predicted from the codes before it in row-major order."""
+    a = np.abs(codes).astype(np.float64)
+    rows, cols = a.shape
+    pad = np.concatenate([np.zeros((rows, 4)), a], axis=1)
+    prev4 = sum(pad[:, i: i + cols] for i in range(4))
+    above = np.arange(rows, dtype=np.float64)[:, None]
+    col_mean = np.where(above > 0, (np.cumsum(a, axis=0) - a) / np.maximum(above, 1), a.mean())
+    left = np.arange(cols, dtype=np.float64)[None, :]
+    row_mean = np.where(left > 0, (np.cumsum(a, axis=1) - a) / np.maximum(left, 1), a.mean())
+    log_scale = 0.5 * np.log(prev4 / 4 + 0.5) + 0.5 * np.log(col_mean + 0.5) + 0.3 * np.log(row_mean + 0.5)
+    return np.floor((log_scale - log_scale.min()) / 0.3).astype(np.int64)
 
 
 def spread_buckets(codes: np.ndarray, axis: int) -> np.ndarray:
@@ -84,7 +127,8 @@ def main() -> int:
     for name, codes in artifact_codes(Path(a.artifact)).items():
         rows.append({"tensor": name, "shape": list(codes.shape), **code_tensor_entropies(codes)})
     total = {k: sum(r[k] for r in rows)
-             for k in ("order0_bits", "given_prev_bits", "given_row_bucket_bits", "given_col_bucket_bits")}
+             for k in ("order0_bits", "given_prev_bits", "given_row_bucket_bits", "given_col_bucket_bits",
+                       "adaptive_order0_bits", "adaptive_neighbours_bits")}
     result = {
         "benchmark": "code_entropy",
         "artifact": a.artifact,
@@ -94,6 +138,8 @@ def main() -> int:
         "given_prev_ratio": total["given_prev_bits"] / total["order0_bits"],
         "given_row_bucket_ratio": total["given_row_bucket_bits"] / total["order0_bits"],
         "given_col_bucket_ratio": total["given_col_bucket_bits"] / total["order0_bits"],
+        "adaptive_order0_ratio": total["adaptive_order0_bits"] / total["order0_bits"],
+        "adaptive_neighbours_ratio": total["adaptive_neighbours_bits"] / total["order0_bits"],
         "rows": rows,
     }
     emit(result, a.out)

@@ -157,6 +157,13 @@ def test_code_entropy_finds_context_a_memoryless_coder_misses() -> None:
     flat = rng.integers(-8, 8, size=(64, 256)).astype(np.int8)
     f = bench.code_tensor_entropies(flat)
     assert f["given_row_bucket_bits"] > 0.97 * f["order0_bits"] and f["given_prev_bits"] > 0.95 * f["order0_bits"]
+    # an adaptive coder never beats the plug-in order-0 entropy without context; with the neighbours' scale
+    # it finds the rows' spreads, and on i.i.d. codes the context costs it (it learns more counts)
+    for r in (e, t, f):
+        assert r["adaptive_order0_bits"] >= r["order0_bits"]
+    assert e["adaptive_neighbours_bits"] < 0.95 * e["adaptive_order0_bits"]
+    assert t["adaptive_neighbours_bits"] < 0.95 * t["adaptive_order0_bits"]
+    assert f["adaptive_neighbours_bits"] > f["adaptive_order0_bits"]
 
 
 def test_code_entropy_benchmark_reads_an_artifact(tmp_path: Path) -> None:
@@ -170,7 +177,8 @@ def test_code_entropy_benchmark_reads_an_artifact(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["tensors"] == len(result["rows"]) > 0 and result["codes"] > 0
     assert 0 < result["given_prev_ratio"] <= 1.0 and 0 < result["given_row_bucket_ratio"] <= 1.0
-    assert 0 < result["given_col_bucket_ratio"] <= 1.0
+    assert 0 < result["given_col_bucket_ratio"] <= 1.0 and result["adaptive_order0_ratio"] >= 1.0
+    assert result["adaptive_neighbours_ratio"] > 0
 
 
 def test_attention_benchmark_backends_agree(tmp_path: Path) -> None:
