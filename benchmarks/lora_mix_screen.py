@@ -97,8 +97,8 @@ def main() -> int:
         mixed = final(main_nll, [fixed, second])
         rows.append({"rank": rank, "lr": lr, "alone_bpb": bpb(second), "mixed_bpb": mixed, "gain_bpb": mixed - base,
                      "seconds": time.perf_counter() - s0,
-                     "by_decay": [{"pass_decay": p, "cache_decay": c, "mixed_bpb": final(main_nll, [fixed, second], p, c)}
-                                  for p, c in decays]})
+                     "by_decay": [{"pass_decay": p, "cache_decay": c,
+                                   "mixed_bpb": final(main_nll, [fixed, second], p, c)} for p, c in decays]})
     emit({"benchmark": "lora_mix_screen", "artifact": a.artifact, "preset": a.preset, "text": a.text,
           "predictions": int(tokens.numel() - 1), "bytes": nbytes, "unadapted_bpb": bpb(fixed),
           "main_lora_bpb": bpb(main_nll), "without_second_bpb": base, "candidates": rows,

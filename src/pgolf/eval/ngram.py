@@ -7,9 +7,10 @@ target; `DISCOUNTS`), backed off to the uniform distribution over the vocabulary
 each is a distribution over the whole vocabulary that sums to one. The scored probability is a mixture
 p(x_t) = (1 - a - b) p_model(x_t) + a p_stream(x_t) + b p_document(x_t), itself a Bayesian average over
 a fixed grid of (a, b): each pair is weighted by how well it predicted the earlier positions in t's
-bucket, the recent ones counting more (`CACHE_DECAY`: a posterior that forgets). The bucket describes the state before t: the highest matched order in each cache, how often
-the stream cache's context occurred (6 bins), whether each cache's context was always followed by the
-same token, and whether at t-1 a cache gave the scored token more probability than the model. Every
+bucket, the recent ones counting more (`CACHE_DECAY`: a posterior that forgets). The bucket describes
+the state before t: the highest matched order in each cache, how often the stream cache's context
+occurred (6 bins), whether each cache's context was always followed by the same token, and whether at
+t-1 a cache gave the scored token more probability than the model. Every
 ingredient of the score at t (the counts, the bucket, the weights) is a function of the tokens before t
 and of the model's scores before t, so the mixture is a causal, normalised predictor that uses each
 token only after it is scored: the single left-to-right pass of parameter-golf issue #1017, computed at
@@ -63,6 +64,27 @@ def _sum_before(values: torch.Tensor, order: torch.Tensor, start: torch.Tensor) 
     c = c - c[start]
     out = torch.empty_like(c)
     out[order] = c
+    return out
+
+
+def _decayed_sum_before(values: torch.Tensor, order: torch.Tensor, start: torch.Tensor, decay: float) -> torch.Tensor:
+    """Per element of values (M,): sum over its group's earlier elements of decay^d x value, d = how many
+    elements of the group apart they are (the one just before: d = 1). The recurrence x_i = decay (x_{i-1} +
+    v_{i-1}) along each group, as a doubling scan (log2 of the largest group's size steps, each O(M)), which
+    only ever multiplies by powers of decay <= 1."""
+    v = values[order]
+    rank = torch.arange(v.numel(), device=v.device) - start  # place within the group, in sorted order
+    x = torch.zeros_like(v)
+    x[1:] = decay * v[:-1]
+    x = torch.where(rank > 0, x, 0.0)
+    span, factor, largest = 1, decay, int(rank.max()) if v.numel() else 0
+    while span <= largest:
+        reach = torch.zeros_like(x)
+        reach[span:] = factor * x[:-span]
+        x = x + torch.where(rank >= span, reach, 0.0)
+        span, factor = 2 * span, factor * factor
+    out = torch.empty_like(x)
+    out[order] = x
     return out
 
 
@@ -186,27 +208,6 @@ def mix_passes(nll: torch.Tensor, others: Sequence[torch.Tensor], tokens: torch.
     candidates = (max(0.0, 1 - sum(ws)) * p_a + sum(w * q for w, q in zip(ws, p)) for ws in grid)  # no -1e-16 weight
     out = torch.zeros_like(nll, dtype=torch.float32)
     out[1:] = (-_bayes_average(candidates, bucket, PASS_DECAY if decay is None else decay)).float()
-    return out
-
-
-def _decayed_sum_before(values: torch.Tensor, order: torch.Tensor, start: torch.Tensor, decay: float) -> torch.Tensor:
-    """Per element of values (M,): sum over its group's earlier elements of decay^d x value, d = how many
-    elements of the group apart they are (the one just before: d = 1). The recurrence x_i = decay (x_{i-1} +
-    v_{i-1}) along each group, as a doubling scan (log2 of the largest group's size steps, each O(M)), which
-    only ever multiplies by powers of decay <= 1."""
-    v = values[order]
-    rank = torch.arange(v.numel(), device=v.device) - start  # place within the group, in sorted order
-    x = torch.zeros_like(v)
-    x[1:] = decay * v[:-1]
-    x = torch.where(rank > 0, x, 0.0)
-    span, factor, largest = 1, decay, int(rank.max()) if v.numel() else 0
-    while span <= largest:
-        reach = torch.zeros_like(x)
-        reach[span:] = factor * x[:-span]
-        x = x + torch.where(rank >= span, reach, 0.0)
-        span, factor = 2 * span, factor * factor
-    out = torch.empty_like(x)
-    out[order] = x
     return out
 
 
