@@ -34,6 +34,7 @@ import torch
 from pgolf.artifact import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_RAW_BYTES, parse_payload, read_blob, read_payload,
                             read_plans, split_streams, unpack_header)
 from jsonout import emit
+from pgolf.eval.ngram import _groups
 from pgolf.quant.layout import decode_parts
 from pgolf.quant.pack import order0_entropy_bits
 
@@ -60,23 +61,15 @@ def code_tensor_entropies(codes: np.ndarray) -> dict[str, float]:
             "adaptive_neighbours_bits": adaptive_bits(codes, neighbour_buckets(codes))}
 
 
-def _earlier(keys: np.ndarray) -> np.ndarray:
-    """For each element of keys (n,), how many earlier elements have the same key."""
-    order = np.argsort(keys, kind="stable")
-    idx = np.arange(keys.size)
-    new = np.ones(keys.size, dtype=bool)
-    new[1:] = keys[order][1:] != keys[order][:-1]
-    out = np.empty(keys.size, dtype=np.int64)
-    out[order] = idx - np.maximum.accumulate(np.where(new, idx, 0))
-    return out
-
-
 def adaptive_bits(codes: np.ndarray, context: np.ndarray, alpha: float = 0.5) -> float:
     """Bits an adaptive coder spends on `codes` in row-major order, each coded by the counts of the earlier codes
     of its context (same shape, non-negative ints): -log2 (n(ctx, c) + alpha) / (n(ctx) + alpha K)."""
     m = int(np.abs(codes).max())
     sym, ctx = codes.ravel().astype(np.int64) + m, context.ravel().astype(np.int64)
-    p = (_earlier(ctx * (2 * m + 1) + sym) + alpha) / (_earlier(ctx) + alpha * (2 * m + 1))
+    def earlier(keys: np.ndarray) -> np.ndarray:  # how many earlier codes share each key
+        return _groups(torch.from_numpy(keys))[0].numpy()
+
+    p = (earlier(ctx * (2 * m + 1) + sym) + alpha) / (earlier(ctx) + alpha * (2 * m + 1))
     return float(-np.log2(p).sum())
 
 

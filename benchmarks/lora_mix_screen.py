@@ -28,6 +28,7 @@ import torch
 
 from jsonout import emit
 from pgolf.artifact import read_artifact
+from pgolf.config import ConfigError
 from pgolf.data.shards import list_shards, load_tokens
 from pgolf.dist import use_bf16
 from pgolf.eval.bpb import target_byte_counts
@@ -52,19 +53,34 @@ def screen_tokens(cfg: Any, text: str, num: int) -> torch.Tensor:
     return torch.from_numpy(tokens.astype(np.int64))
 
 
+def pair(kind: str, first: type) -> Any:
+    """An argparse type for `A:B` (first as `first`, then a float): a bad value is argparse's one-line exit 2."""
+    def parse(text: str) -> tuple[Any, float]:
+        try:
+            a, b = text.split(":")
+            return first(a), float(b)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    return parse
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact")
     ap.add_argument("--preset", default="cpu-record-tuned")
     ap.add_argument("--text", choices=("train-tail", "val"), default="train-tail")
     ap.add_argument("--tokens", type=int, default=318_464, help="predictions to score")
-    ap.add_argument("--second", nargs="+", default=["16:0.004"], help="candidate passes as RANK:LR")
-    ap.add_argument("--decays", nargs="*", default=[], help="forgetting rates to score each mixture at, PASS:CACHE")
+    ap.add_argument("--second", nargs="+", type=pair("RANK:LR", int), default=[(16, 0.004)],
+                    help="candidate passes as RANK:LR")
+    ap.add_argument("--decays", nargs="*", type=pair("PASS:CACHE", float), default=[],
+                    help="forgetting rates to score each mixture at, PASS:CACHE")
     ap.add_argument("--flags", default="", help="pgolf flags applied to the preset")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
-    cfg = parse_config(shlex.split(a.flags), get_preset(a.preset), "lora_mix_screen.py")
-    decays = [tuple(float(v) for v in d.split(":")) for d in a.decays]
+    try:
+        cfg = parse_config(shlex.split(a.flags), get_preset(a.preset), "lora_mix_screen.py")
+    except ConfigError as e:
+        ap.error(f"--flags: {e}")
     t, ecfg = cfg.ttt, cfg.eval
     tokens = screen_tokens(cfg, a.text, a.tokens)
     luts = build_byte_luts(load_tokenizer(cfg.tokenizer_path, cfg.model.vocab_size), cfg.model.vocab_size)
@@ -89,8 +105,7 @@ def main() -> int:
     main_nll = lora_losses(model, tokens, luts, lora_rank=t.lora_rank, alpha=t.lora_alpha, lr=t.lora_lr, **lora)[0]
     base = final(main_nll, [fixed])
     rows = []
-    for spec in a.second:
-        rank, lr = int(spec.split(":")[0]), float(spec.split(":")[1])
+    for rank, lr in a.second:
         s0 = time.perf_counter()
         second = lora_losses(model, tokens, luts, lora_rank=rank, alpha=t.lora_alpha * rank / t.lora_rank, lr=lr,
                              **lora)[0]
@@ -98,7 +113,7 @@ def main() -> int:
         rows.append({"rank": rank, "lr": lr, "alone_bpb": bpb(second), "mixed_bpb": mixed, "gain_bpb": mixed - base,
                      "seconds": time.perf_counter() - s0,
                      "by_decay": [{"pass_decay": p, "cache_decay": c,
-                                   "mixed_bpb": final(main_nll, [fixed, second], p, c)} for p, c in decays]})
+                                   "mixed_bpb": final(main_nll, [fixed, second], p, c)} for p, c in a.decays]})
     emit({"benchmark": "lora_mix_screen", "artifact": a.artifact, "preset": a.preset, "text": a.text,
           "predictions": int(tokens.numel() - 1), "bytes": nbytes, "unadapted_bpb": bpb(fixed),
           "main_lora_bpb": bpb(main_nll), "without_second_bpb": base, "candidates": rows,

@@ -272,8 +272,8 @@ def test_lora_mix_screen_scores_each_second_pass_and_forgetting_rate_as_the_eval
     for split, seed in (("train", 1), ("val", 2)):
         write_documents_as_shards(data, split, encode_documents(sp, make_documents(4_000, seed=seed)),
                                   bos_id=BOS_ID, shard_tokens=100_000)
+    # the model is the artifact's; the preset gives the text, its vocabulary and the evaluation's settings
     flags = (f"--data.dataset_dir {data} --data.tokenizer_path {tiny_tokenizer} --model.vocab_size {TINY_VOCAB} "
-             "--model.num_layers 2 --model.model_dim 32 --model.num_heads 2 --model.num_kv_heads 1 "
              "--train.train_seq_len 32 --eval.ngram_order 3 --eval.stride 16 --eval.dtype float32 "
              "--ttt.lora_chunk 8 --ttt.lora_rank 2 --ttt.lora_alpha 4 --ttt.lora_lr 0.05")
     cfg = RunConfig(name="s", model=ModelConfig(vocab_size=TINY_VOCAB, num_layers=2, model_dim=32, num_heads=2,
@@ -298,6 +298,11 @@ def test_lora_mix_screen_scores_each_second_pass_and_forgetting_rate_as_the_eval
         assert (plain["pass_decay"], plain["cache_decay"]) == (1.0, 1.0)
         assert default["mixed_bpb"] == row["mixed_bpb"]  # the shipped rates are the mixture the evaluation scores
         assert plain["mixed_bpb"] != row["mixed_bpb"] and math.isfinite(plain["mixed_bpb"])
+    # a malformed pair or flag is one line and exit 2, before anything is loaded
+    for bad in (["--decays", "0.99"], ["--second", "x:0.1"], ["--flags", "--eval.nope 1"]):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks/lora_mix_screen.py"), str(tmp_path / "m.ptz"),
+                               "--preset", "test-tiny", *bad], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (bad, proc.stderr[-500:])
 
 
 def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Path) -> None:
