@@ -156,10 +156,11 @@ def cpu_record_1992_legal() -> RunConfig:
 def cpu_record_tuned() -> RunConfig:
     """What measured better than cpu-baseline on the CPU track itself (docs/LOG.md, 2026-11-26 ablations):
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), learning rates 0.56x cpu-baseline's
-    with decoupled weight decay 0.04, a warm-down over the last 75% of the budget, per-document LoRA test-time training at evaluation
-    (score-first, inside 600 s, at a learning rate screened on a trained model) mixed with the model's own
-    unadapted scores (`eval.mix_unadapted`) and a second LoRA pass's (`ttt.lora_mix_lr`), and order-8 n-gram
-    caches of the already-scored validation tokens mixed into the scores (`eval.ngram_order`).
+    with decoupled weight decay 0.04, a warm-down over the last 75% of the budget, per-document LoRA
+    test-time training at evaluation (score-first, inside 600 s, at a learning rate screened on a trained
+    model) mixed with the model's own unadapted scores (`eval.mix_unadapted`) and a second LoRA pass's
+    (`ttt.lora_mix_lr`), and order-8 n-gram caches of the already-scored validation tokens mixed into the
+    scores (`eval.ngram_order`).
 
     The records' other optimiser switches (MuonEq-R, EMA, late QAT, their learning rates, momentum 0.99)
     and their shape switches measured no gain or a loss (momentum 0.99 +0.027 at 1,600 steps, EMA +0.003),
