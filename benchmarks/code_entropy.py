@@ -61,15 +61,17 @@ def code_tensor_entropies(codes: np.ndarray) -> dict[str, float]:
             "adaptive_neighbours_bits": adaptive_bits(codes, neighbour_buckets(codes))}
 
 
+def _earlier(keys: np.ndarray) -> np.ndarray:
+    """For each key, how many earlier keys are equal to it (`pgolf.eval.ngram._groups`)."""
+    return _groups(torch.from_numpy(keys))[0].numpy()
+
+
 def adaptive_bits(codes: np.ndarray, context: np.ndarray, alpha: float = 0.5) -> float:
     """Bits an adaptive coder spends on `codes` in row-major order, each coded by the counts of the earlier codes
     of its context (same shape, non-negative ints): -log2 (n(ctx, c) + alpha) / (n(ctx) + alpha K)."""
     m = int(np.abs(codes).max())
     sym, ctx = codes.ravel().astype(np.int64) + m, context.ravel().astype(np.int64)
-    def earlier(keys: np.ndarray) -> np.ndarray:  # how many earlier codes share each key
-        return _groups(torch.from_numpy(keys))[0].numpy()
-
-    p = (earlier(ctx * (2 * m + 1) + sym) + alpha) / (earlier(ctx) + alpha * (2 * m + 1))
+    p = (_earlier(ctx * (2 * m + 1) + sym) + alpha) / (_earlier(ctx) + alpha * (2 * m + 1))
     return float(-np.log2(p).sum())
 
 

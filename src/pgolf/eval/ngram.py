@@ -10,11 +10,11 @@ a fixed grid of (a, b): each pair is weighted by how well it predicted the earli
 bucket, the recent ones counting more (`CACHE_DECAY`: a posterior that forgets). The bucket describes
 the state before t: the highest matched order in each cache, how often the stream cache's context
 occurred (6 bins), whether each cache's context was always followed by the same token, and whether at
-t-1 a cache gave the scored token more probability than the model. Every
-ingredient of the score at t (the counts, the bucket, the weights) is a function of the tokens before t
-and of the model's scores before t, so the mixture is a causal, normalised predictor that uses each
-token only after it is scored: the single left-to-right pass of parameter-golf issue #1017, computed at
-once with sorts and cumulative sums instead of a Python loop.
+t-1 a cache gave the scored token more probability than the model. Every ingredient of the score at t
+(the counts, the bucket, the weights) is a function of the tokens before t and of the model's scores
+before t, so the mixture is a causal, normalised predictor that uses each token only after it is
+scored: the single left-to-right pass of parameter-golf issue #1017, computed at once with sorts and
+cumulative sums instead of a Python loop.
 
 Counting is exact (contexts are numbered by `torch.unique`, never hashed): nothing is keyed on the
 target, the pattern the challenge ruled out for hashed caches.
