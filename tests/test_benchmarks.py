@@ -339,6 +339,30 @@ def test_bundle_size_finds_definitions_nothing_reaches() -> None:
     assert dead == {("a", "unused"), ("b", "only_from_unused")}
 
 
+def test_bundle_size_removes_the_functions_a_run_never_entered() -> None:
+    import ast
+
+    from pgolf import bundle
+
+    spec = importlib.util.spec_from_file_location("bundle_size", REPO / "benchmarks/bundle_size.py")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    name = "pgolf.fileio"
+    tree = ast.parse(bundle.module_path(name).read_text(encoding="utf-8"))
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert len(funcs) >= 2
+    ran = {funcs[1].body[-1].lineno}  # one line inside the second function only
+    shaken = mod.unentered_removed({name: bundle.stripped_source(name)}, {name: ran})[name]
+    kept = [n.name for n in ast.parse(shaken).body if isinstance(n, ast.FunctionDef)]
+    assert kept == [funcs[1].name]
+    everything = mod.unentered_removed({name: ""}, {name: {n.lineno for n in ast.walk(tree) if hasattr(n, "lineno")}})
+    assert everything[name] == bundle.stripped_source(name)  # all entered: the bundle's own stripping
+
+
 def test_bundle_size_benchmark_prints_json(tmp_path: Path) -> None:
     from pgolf import bundle
     from pgolf.presets import get_preset
