@@ -155,9 +155,10 @@ def test_cpu_record_tuned_is_cpu_baseline_plus_its_changes() -> None:
                        ("quant", "min_bits"), ("quant", "matrix_bits"), ("optim", "matrix_lr"), ("optim", "scalar_lr"),
                        ("optim", "tied_embed_lr"), ("optim", "muon_sharded"), ("optim", "muon_batched"),
                        ("optim", "muon_wd"), ("optim", "embed_wd"), ("optim", "adam_wd"),
-                       ("optim", "muon_momentum"), ("ttt", "lora_lr"), ("ttt", "lora_mix_lr"), ("ttt", "lora_mix_rank")}
+                       ("optim", "muon_momentum"), ("optim", "beta1"), ("ttt", "lora_lr"), ("ttt", "lora_mix_lr"), ("ttt", "lora_mix_rank")}
     assert b["eval"]["ttt"] == "lora" and b["train"]["train_batch_tokens"] < a["train"]["train_batch_tokens"]
     assert b["optim"]["muon_momentum"] < a["optim"]["muon_momentum"] and b["train"]["warmdown_frac"] == 1.0
+    assert b["optim"]["beta1"] < a["optim"]["beta1"]
     # the learning rates all scaled by one factor
     assert {round(b["optim"][k] / a["optim"][k], 6) for k in ("matrix_lr", "scalar_lr", "tied_embed_lr")} == {0.56}
     assert techniques_for("cpu-record-tuned") == ()  # not a record: no technique table to claim
