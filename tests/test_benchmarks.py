@@ -325,7 +325,8 @@ def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Pat
     assert proc.returncode != 0 and "--stride 65 must be in 1..64" in proc.stderr
 
 
-def test_bundle_size_finds_definitions_nothing_reaches() -> None:
+def _bundle_size_module():
+    """benchmarks/bundle_size.py imported as a module (it imports the benchmarks' own helpers)."""
     spec = importlib.util.spec_from_file_location("bundle_size", REPO / "benchmarks/bundle_size.py")
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
@@ -333,6 +334,11 @@ def test_bundle_size_finds_definitions_nothing_reaches() -> None:
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    return mod
+
+
+def test_bundle_size_finds_definitions_nothing_reaches() -> None:
+    mod = _bundle_size_module()
     sources = {"a": "def used():\n    return helper()\ndef helper():\n    pass\ndef unused():\n    return only_from_unused()\n",
                "b": "def only_from_unused():\n    pass\nclass Named:\n    pass\nX = used()\nY = 'Named'\n"}
     dead = {(m, n) for m, n, _ in mod.unreferenced_defs(sources)}
@@ -344,13 +350,7 @@ def test_bundle_size_removes_the_functions_a_run_never_entered() -> None:
 
     from pgolf import bundle
 
-    spec = importlib.util.spec_from_file_location("bundle_size", REPO / "benchmarks/bundle_size.py")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    mod = _bundle_size_module()
     name = "pgolf.fileio"
     tree = ast.parse(bundle.module_path(name).read_text(encoding="utf-8"))
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
