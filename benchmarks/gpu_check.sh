@@ -8,7 +8,7 @@
 #   benchmarks/gpu_check.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]
 #
 # TOTAL_SECONDS (default 540) caps the whole script: a stage gets at most what is left of it.
-# ONLY="r609 lora" runs just the named stages (env, r1992, r609, lora, ngram, ngram8k, ngram_eval, ngram_lora, pytest).
+# ONLY="r609 lora" runs just the named stages (env, r1992, r609, lora, ngram, ngram8k, ngram_eval, ngram_lora, pytest, r609c).
 # ARTIFACT=FILE also scores that artifact with the n-gram caches on the device (stage ngram_eval), with
 # and without per-document LoRA TTT, for comparison with the same commands on a CPU.
 #
@@ -76,4 +76,8 @@ fi
 # (-n 14 on 16 cores: the whole suite took 308 s on an H200 machine; the failures' summary lands in pytest.log)
 stage pytest 330 "$py" -m pytest -q -rfE --tb=short -p no:cacheprovider -p no:benchmark -n 14 --timeout 90
 cp "$work/pytest.log" "$out/pytest.log" 2>/dev/null
+# record-609's stack compiled (late QAT switched on in the last warm-up step), after the suite; on torch 2.11 its
+# compile warm-up outlasts 165 s on an H200, and one try aborted in Dynamo (docs/LOG.md, 2026-11-28)
+stage r609c 300 "$py" -m pgolf run --preset record-609 --data.source embedded --train.warmup_steps 2 \
+    --train.max_wallclock_seconds "$secs" --out_dir "$work/runs" --run_id r609c --train.train_log_every 5
 tar -czf "$out/gpu_check.tar.gz" -C "$work" --exclude '*.ptz' --exclude '*.safetensors' --exclude '*.pt' .

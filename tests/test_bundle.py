@@ -5,7 +5,6 @@ modules the run imports."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from pgolf.bundle import build_bundle, bundle_modules, stripped_source
 from pgolf.flags import apply_overrides
 from pgolf.presets import get_preset
+from pgolf.verify import env_without_package
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = str(REPO / "src")
@@ -89,7 +89,8 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     (shipped / "data").symlink_to(pkg / "data", target_is_directory=True)  # only the data, no source
     made = pgolf("bundle", *flags, "-o", str(shipped / "train_gpt.py"), cwd=pkg)
     assert made.returncode == 0, made.stderr[-3000:]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # PYTHONPATH keeps what else it holds (dependencies installed with pip --target); HIDDEN drops pgolf
+    env = env_without_package("pgolf")
     proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--run_id", "seed1337"])],
                           cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,7 +19,7 @@ from test_ttt import one_thread  # noqa: F401  (an autouse fixture)
 import pgolf
 from pgolf.cli import main
 from pgolf.config import (BudgetConfig, DataConfig, EvalConfig, ModelConfig, QuantConfig, RunConfig, TrainConfig,
-                          TTTConfig, config_to_dict)
+                          TTTConfig)
 from pgolf.data.shards import read_shard_header, shard_name, write_documents_as_shards
 from pgolf.dist import DistInfo
 from pgolf.eval.compliance import build_report, probe_model, train_ledger

@@ -18,6 +18,7 @@ from helpers_runs import code_line, fake_run, tiny_config
 from pgolf.cli import main
 from pgolf.logscan import Printed, scan_log
 from pgolf.record import SUBMISSION_KEYS, compliance_status
+from pgolf.verify import env_without_package
 
 SCORES = {1337: (1.2345678, 2.0), 42: (1.2445678, 2.02)}
 
@@ -238,3 +239,14 @@ def test_verify_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["verify", str(tmp_path), "--tolerance", "x"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 3 and "nope" in err[0] and "RECORD_DIR" in err[1] and "--tolerance" in err[2]
+
+
+def test_bundle_check_hides_only_the_package_from_pythonpath(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dependencies installed with pip --target stay reachable; a folder holding pgolf does not
+    deps, src = tmp_path / "site", tmp_path / "src"
+    (deps / "brotli").mkdir(parents=True)
+    (src / "pgolf").mkdir(parents=True)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(src), str(deps), ""]))
+    assert env_without_package("pgolf")["PYTHONPATH"] == str(deps)
+    monkeypatch.setenv("PYTHONPATH", str(src))
+    assert "PYTHONPATH" not in env_without_package("pgolf")

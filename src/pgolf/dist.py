@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pgolf.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,6 +43,11 @@ def init(device: str = "auto") -> DistInfo:
     rank, world_size, local_rank = read_env()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda and local_rank >= (visible := torch.cuda.device_count()):
+        # torch's own error here is a CUDA traceback ("invalid device ordinal") from every extra rank
+        raise UserError(f"torchrun started local rank {local_rank} but only {visible} CUDA device(s) are visible: "
+                        f"use --nproc_per_node={visible} or fewer (or CUDA_VISIBLE_DEVICES= to run every process "
+                        f"on the CPU with gloo)")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

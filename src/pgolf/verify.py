@@ -168,9 +168,19 @@ def check_data(sub: dict[str, Any], logs: dict[int, LogFacts]) -> Check:
     return _result("data fingerprint", problems, ", ".join(f"{k} {v}" for k, v in want.items()))
 
 
+def env_without_package(package: str) -> dict[str, str]:
+    """This process's environment less the PYTHONPATH entries that hold `package` (other entries, such as
+    a folder the dependencies were installed into with pip --target, stay)."""
+    env = dict(os.environ)
+    kept = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / package).is_dir()]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    return env
+
+
 def check_bundle_loads(folder: Path) -> Check:
     """The shipped script runs its loader and answers --help with only itself on the path."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = env_without_package("pgolf")
     try:
         proc = subprocess.run([sys.executable, BUNDLE, "--help"], cwd=folder, capture_output=True, text=True,
                               timeout=300, env=env)
