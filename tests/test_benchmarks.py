@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The benchmarks that train or time for 8-30 s each run with `make test-slow` (the default suite stays under
+# 8 minutes on 2 cores); the quick ones stay in the default suite.
+SLOW = pytest.mark.slow
 
 
+@SLOW
 def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/throughput.py"), "--preset", "test-tiny",
@@ -36,6 +40,7 @@ def test_throughput_benchmark_prints_json(tmp_path: Path) -> None:
     assert result["matmul_peak_flops"] == max(v for sw in sweeps for k, v in sw.items() if k != "peak")
 
 
+@SLOW
 def test_ablation_benchmark_runs_cumulative_groups(tmp_path: Path) -> None:
     out = tmp_path / "ablation.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/ablation.py"), "--preset", "test-tiny", "--seeds", "7",
@@ -69,6 +74,7 @@ def test_calibration_benchmark_prints_json(tmp_path: Path) -> None:
     assert result["tokens"] == 2 * 8 * seq_len and result["collect_tokens_per_s"] == result["tokens"] / result["collect_s"]
 
 
+@SLOW
 def test_vs_reference_benchmark_trains_both_sides_on_the_same_curve(tmp_path: Path) -> None:
     out = tmp_path / "vs.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/vs_reference.py"), "--preset", "test-tiny",
@@ -111,6 +117,7 @@ def test_profile_step_counts_matmul_flops_and_groups_ops() -> None:
         "matmul", "attention", "optimizer", "region", "other"]
 
 
+@SLOW
 def test_profile_step_benchmark_prints_json(tmp_path: Path) -> None:
     out = tmp_path / "profile.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/profile_step.py"), "--preset", "test-tiny",
@@ -200,6 +207,7 @@ def test_attention_benchmark_backends_agree(tmp_path: Path) -> None:
     assert all(d < 1e-9 for d in result["max_abs_diff_vs_math_fp64"].values())
 
 
+@SLOW
 def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tiny_tokenizer: Path) -> None:
     from helpers_text import TINY_VOCAB, make_documents
 
@@ -255,6 +263,7 @@ def test_eval_speed_benchmark_times_the_same_score_both_ways(tmp_path: Path, tin
     assert abs(lora["rows"][0]["val_bpb"] - lora["rows"][1]["val_bpb"]) < 1e-6
 
 
+@SLOW
 def test_lora_mix_screen_scores_each_second_pass_and_forgetting_rate_as_the_evaluation_mixes(
         tmp_path: Path, tiny_tokenizer: Path) -> None:
     from helpers_text import TINY_VOCAB, make_documents
@@ -305,6 +314,7 @@ def test_lora_mix_screen_scores_each_second_pass_and_forgetting_rate_as_the_eval
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (bad, proc.stderr[-500:])
 
 
+@SLOW
 def test_eval_forward_benchmark_times_every_variant_of_one_forward(tmp_path: Path) -> None:
     # the eager torch.compile backend: the variants' plumbing without inductor's compile time
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_forward.py"), "--preset", "test-tiny",

@@ -143,3 +143,20 @@ def test_feature_modules_ship_exactly_when_switched_on(flags: list[str], module:
     assert module in FEATURE_MODULES
     assert module not in bundle_modules(cfg)
     assert module in bundle_modules(apply_overrides(cfg, flags))
+
+
+def test_a_module_edited_after_bundling_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # parsed modules are cached per process, keyed by the file's size and mtime: never a stale source
+    import pgolf.bundle as bundle
+
+    (tmp_path / "__init__.py").write_text("")
+    mod = tmp_path / "m.py"
+    mod.write_text('"""doc"""\nfrom pgolf import a\n\ndef f():\n    from pgolf import b\n    return 1\n')
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.py").write_text("")
+    monkeypatch.setattr(bundle, "package_root", lambda: tmp_path)
+    assert bundle.module_imports("pgolf.m") == ({"pgolf", "pgolf.a"}, {"pgolf.b"})
+    assert bundle.stripped_source("pgolf.m") == "from pgolf import a\n\ndef f():\n    from pgolf import b\n    return 1\n"
+    mod.write_text("from pgolf import c\n\nclass K:\n    def g(self):\n        def h():\n            import pgolf.a\n")
+    assert bundle.module_imports("pgolf.m") == ({"pgolf", "pgolf.c"}, {"pgolf.a"})
+    assert "import pgolf.a" in bundle.stripped_source("pgolf.m")

@@ -143,6 +143,22 @@ def test_bad_flag_is_one_line(tmp_path: Path) -> None:
     assert "num_layerz" in line
 
 
+FLAG_MISTAKES = [["run", "--preset", "nope"], ["train", "--preset", "test-tiny", "--model.num_layerz", "3"],
+                 ["bundle", "--preset", "test-tiny", "--model.num_layers", "x"],
+                 ["inspect", "--preset", "test-tiny", "--train.seed", "-"], ["quantize", "no_such_run"]]
+
+
+def test_flag_mistakes_are_answered_before_torch_loads(tmp_path: Path) -> None:
+    # importing torch costs seconds; a mistyped flag, preset or folder is answered without it
+    probe = ("import sys\nfrom pgolf.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    rc = e.code\nprint(rc, 'torch' in sys.modules)")
+    for argv in FLAG_MISTAKES:
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.split() == ["2", "False"], (argv, proc.stdout, proc.stderr[-2000:])
+        assert len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
+
+
 def test_invalid_value_names_the_flag(tmp_path: Path) -> None:
     line = one_line_error(pgolf("train", "--preset", "test-tiny", "--model.num_kv_heads", "3", cwd=tmp_path))
     assert "model.num_kv_heads" in line

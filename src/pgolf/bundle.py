@@ -16,6 +16,7 @@ costs 25%). Building is deterministic: the same sources and config give the same
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import lzma
 from pathlib import Path
@@ -64,22 +65,48 @@ def _imported_names(node: ast.AST, current: str) -> list[str]:
     return []
 
 
-def module_imports(name: str) -> tuple[set[str], set[str]]:
-    """(imports at module level, imports inside functions) of a pgolf module, as module names."""
-    path = module_path(name)
-    assert path is not None, f"no source for {name}"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _imports_of(tree: ast.Module, name: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(module-level imports, imports anywhere inside a function) of a parsed module, in one pass."""
     top: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             top.update(_imported_names(node, name))
     lazy: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for inner in ast.walk(node):
-                if isinstance(inner, (ast.Import, ast.ImportFrom)):
-                    lazy.update(_imported_names(inner, name))
-    return top, lazy - top
+    todo: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while todo:
+        node, in_function = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, _FUNCTIONS)
+            if inside and isinstance(child, (ast.Import, ast.ImportFrom)):
+                lazy.update(_imported_names(child, name))
+            todo.append((child, inside))
+    return frozenset(top), frozenset(lazy - top)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_facts(name: str, path: str, mtime_ns: int, size: int) -> tuple[frozenset[str], frozenset[str], str]:
+    """(module-level imports, in-function imports, stripped source) of one version of a module's file: a
+    module is parsed once per process however many bundles are built (a run, `code_bytes`, the tests)."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    top, lazy = _imports_of(tree, name)
+    stripped = ast.unparse(ast.fix_missing_locations(_Strip().visit(tree))) + "\n"
+    return top, lazy, stripped
+
+
+def _facts(name: str) -> tuple[frozenset[str], frozenset[str], str]:
+    path = module_path(name)
+    assert path is not None, f"no source for {name}"
+    stat = path.stat()  # the cache key: an edited file is read again
+    return _module_facts(name, str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def module_imports(name: str) -> tuple[set[str], set[str]]:
+    """(imports at module level, imports inside functions) of a pgolf module, as module names."""
+    top, lazy, _ = _facts(name)
+    return set(top), set(lazy)
 
 
 def with_parents(names: set[str]) -> set[str]:
@@ -141,12 +168,10 @@ class _Strip(ast.NodeTransformer):
 
 def stripped_source(name: str) -> str:
     """A module's source after the AST round-trip (same behaviour, no docstrings or comments)."""
-    path = module_path(name)
-    assert path is not None, f"no source for {name}"
-    tree = _Strip().visit(ast.parse(path.read_text(encoding="utf-8")))
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return _facts(name)[2]
 
 
+@functools.lru_cache(maxsize=8)
 def _compress(raw: bytes) -> tuple[str, bytes]:
     """("lzma" | "brotli", bytes): whichever codec gives the smaller stream."""
     candidates = [("lzma", lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),

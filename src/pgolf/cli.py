@@ -92,9 +92,6 @@ def resume_config(run_dir: str, args: list[str]) -> tuple[RunConfig, Path]:
 
 def cmd_train(args: list[str]) -> int:
     """Train a preset (with overrides) and export its artifact, or continue a run (`--resume RUN_DIR`)."""
-    from pgolf import dist
-    from pgolf.pipeline import train_and_export
-
     resume_dir, args = split_resume(args)
     if wants_help(args):
         preset, _ = split_preset(args)
@@ -109,8 +106,10 @@ def cmd_train(args: list[str]) -> int:
         cfg, checkpoint = config_from_args(args, "pgolf train"), None
     if cfg is None:
         return 0
+    from pgolf import dist
     from pgolf.bundle import build_bundle
     from pgolf.main import check_out_dir, ensure_data
+    from pgolf.pipeline import train_and_export
     from pgolf.prepare import prepare
 
     check_out_dir(cfg.out_dir)
@@ -191,13 +190,13 @@ def config_stored_in(run_config: dict[str, Any]) -> RunConfig:
 
 def cmd_run(args: list[str]) -> int:
     """Every stage for a preset: prepare (embedded data), train, export, roundtrip, evaluate, summary."""
-    from pgolf.main import execute
-    from pgolf.prepare import prepare
-
     cfg = config_from_args(args, "pgolf run", require_preset=True)
     if cfg is None:
         return 0
+    # torch loads only now: a mistyped flag or preset is answered at once
     from pgolf.bundle import build_bundle
+    from pgolf.main import execute
+    from pgolf.prepare import prepare
 
     return execute(cfg, "pgolf run " + shlex.join(args), code=build_bundle(cfg), prepare=prepare)
 
@@ -226,13 +225,6 @@ def run_dir_config(run_dir: Path, flags: list[str], budget: str | None = None) -
 
 def cmd_quantize(args: list[str]) -> int:
     """Re-export a run's full-precision weights with other quant settings, show the bytes, score it."""
-    from pgolf import dist
-    from pgolf.bundle import code_bytes
-    from pgolf.quant.export import format_report, requantize
-    from pgolf.quant.fit import BudgetError
-    from pgolf.runlog import write_json_atomic
-    from pgolf.scoring import eval_artifact
-
     usage = "usage: pgolf quantize RUN_DIR [--budget BYTES] [--out PATH] [--quant.* ...]"
     if wants_help(args):
         print_config_help(usage + "\n\nRe-exports RUN_DIR/final_model.safetensors (and RUN_DIR/sensitivity.json) under "
@@ -256,6 +248,13 @@ def cmd_quantize(args: list[str]) -> int:
     budget, rest = pop("--budget", args[1:])
     out, rest = pop("--out", rest)
     cfg = run_dir_config(run_dir, rest, budget)
+    from pgolf import dist
+    from pgolf.bundle import code_bytes
+    from pgolf.quant.export import format_report, requantize
+    from pgolf.quant.fit import BudgetError
+    from pgolf.runlog import write_json_atomic
+    from pgolf.scoring import eval_artifact
+
     out_path = Path(out) if out else run_dir / "final_model.requant.ptz"
     info = _init_dist()
     try:
@@ -344,8 +343,6 @@ def _plain(tp: Any) -> Any:
 
 def cmd_bundle(args: list[str]) -> int:
     """Write the single-file train_gpt.py of a preset (with overrides baked in); its size is the counted code."""
-    from pgolf.bundle import bundle_modules, write_bundle
-
     out, rest = "train_gpt.py", []
     i = 0
     while i < len(args):
@@ -357,6 +354,8 @@ def cmd_bundle(args: list[str]) -> int:
     cfg = config_from_args(rest, "pgolf bundle [-o train_gpt.py]", require_preset=True)
     if cfg is None:
         return 0
+    from pgolf.bundle import bundle_modules, write_bundle
+
     size = write_bundle(cfg, out)
     print(f"{out}: {size:,} bytes (counted code), {len(bundle_modules(cfg))} modules, preset {cfg.name} baked in; "
           f"run it as `python {Path(out).name}` or `torchrun --standalone --nproc_per_node=N {Path(out).name}`")
@@ -392,9 +391,6 @@ def _int_flag(value: str | None, flag: str, default: int, minimum: int) -> int:
 
 def cmd_inspect(args: list[str]) -> int:
     """Parameters, estimated artifact bytes, step time and the record's techniques of a config, before training."""
-    from pgolf.inspect import format_report, inspect_config, report_json
-    from pgolf.runlog import write_json_atomic
-
     steps, rest = take_flag(args, "--steps")
     probe, rest = take_flag(rest, "--probe-seqs")
     nproc, rest = take_flag(rest, "--nproc")
@@ -407,6 +403,9 @@ def cmd_inspect(args: list[str]) -> int:
         return 0
     cfg = config_from_args(rest, "pgolf inspect", require_preset=True)
     assert cfg is not None and preset is not None
+    from pgolf.inspect import format_report, inspect_config, report_json
+    from pgolf.runlog import write_json_atomic
+
     report = inspect_config(preset, cfg, steps=_int_flag(steps, "--steps", 3, 0), compile_model=compile_model,
                             probe_seqs=_int_flag(probe, "--probe-seqs", 0, 1), nproc=_int_flag(nproc, "--nproc", 1, 1))
     print("\n".join(format_report(report)))
