@@ -1,13 +1,13 @@
-"""Where the counted code's bytes go: the bundle of a preset, module by module, and what two cheap
-encodings of the same code would take off it.
+"""Where the counted code's bytes go: the bundle of a preset, module by module, and what the bundle's
+shaking and one cheap encoding take off it.
 
     python benchmarks/bundle_size.py --preset cpu-record-tuned [--flags "--eval.ttt none"] [--out FILE]
 
-Per module: stripped source bytes and the module compressed alone (LZMA2, the bundle's filter; the
-modules share context in the real bundle, so these add up to more than it). Then two estimates on the
-whole payload: top-level functions and classes that no bundled code names (a name-based reachability
-from module-level statements and `bundle_main`; conservative: any mention of the name keeps it), and the
-payload joined with separators instead of JSON-escaped.
+Per module: the shipped source's bytes and the module compressed alone (LZMA2, the bundle's filter; the
+modules share context in the real bundle, so these add up to more than it). Then, on the whole payload:
+the top-level functions and classes the bundle leaves out because no bundled code reachable from the run
+names them (`pgolf.bundle.unreferenced_defs`) with the payload as it would be with them, and the payload
+joined with separators instead of JSON-escaped.
 
 With `--coverage FILE` (a coverage.py data file of one run of the same config, e.g.
 `coverage run --source=pgolf -m pgolf run --preset P --train.iterations 6 --eval.max_tokens 4000`) it
@@ -32,55 +32,6 @@ from pgolf.presets import get_preset
 
 def xz(data: bytes) -> int:
     return len(lzma.compress(data, format=lzma.FORMAT_RAW, filters=bundle._LZMA_FILTERS))
-
-
-def names_in(node: ast.AST) -> set[str]:
-    """Every name a piece of code could reach a definition by (names, attributes, words of strings, imports)."""
-    out: set[str] = set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            out.add(n.id)
-        elif isinstance(n, ast.Attribute):
-            out.add(n.attr)
-        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-            out.update(n.value.replace(".", " ").split())
-        elif isinstance(n, ast.alias):
-            out.update({n.name.split(".")[-1], n.asname or ""})
-    return out
-
-
-def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> list[tuple[str, str, int]]:
-    """(module, name, source bytes) of top-level defs that nothing reachable from import time names."""
-    defs: dict[str, list[tuple[str, ast.AST]]] = {}
-    live_roots = {entry}
-    for module, src in sources.items():
-        for stmt in ast.parse(src).body:
-            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                defs.setdefault(stmt.name, []).append((module, stmt))
-            else:
-                live_roots |= names_in(stmt)
-    live: set[str] = set()
-    todo = list(live_roots)
-    while todo:
-        name = todo.pop()
-        if name in live:
-            continue
-        live.add(name)
-        for _, node in defs.get(name, []):
-            todo.extend(names_in(node) - live)
-    return sorted(((m, n, len(ast.unparse(node))) for n, found in defs.items() if n not in live
-                   for m, node in found), key=lambda r: -r[2])
-
-
-def without(sources: dict[str, str], dead: list[tuple[str, str, int]]) -> dict[str, str]:
-    """The sources with the given top-level defs removed."""
-    drop = {(m, n) for m, n, _ in dead}
-    out = {}
-    for module, src in sources.items():
-        tree = ast.parse(src)
-        tree.body = [s for s in tree.body if (module, getattr(s, "name", None)) not in drop] or [ast.Pass()]
-        out[module] = ast.unparse(tree) + "\n"
-    return out
 
 
 def unentered_removed(sources: dict[str, str], executed: dict[str, set[int]]) -> dict[str, str]:
@@ -150,11 +101,12 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = apply_overrides(get_preset(args.preset), shlex.split(args.flags))
     names = bundle.bundle_modules(cfg)
-    sources = {m: bundle.stripped_source(m) for m in names}
+    stripped = {m: bundle.stripped_source(m) for m in names}
+    sources = bundle.shipped_sources(cfg)  # stripped, less the definitions nothing reachable names
     modules = sorted(({"module": m, "source_bytes": len(s), "alone_compressed_bytes": xz(s.encode())}
                       for m, s in sources.items()), key=lambda r: -r["alone_compressed_bytes"])
     joined = "\0".join(f"{m}\1{int(bundle.is_package(m))}\1{s}" for m, s in sorted(sources.items())).encode()
-    dead = unreferenced_defs(sources)
+    dead = bundle.unreferenced_defs(stripped)
     extra = {}
     if args.coverage:
         shaken = unentered_removed(sources, executed_lines(args.coverage, names))
@@ -170,7 +122,7 @@ def main(argv: list[str]) -> int:
         "payload_json_compressed_bytes": xz(payload(sources)),
         "payload_joined_compressed_bytes": xz(joined),
         "unreferenced_defs": {"count": len(dead), "source_bytes": sum(r[2] for r in dead),
-                              "payload_without_them_compressed_bytes": xz(payload(without(sources, dead))),
+                              "payload_with_them_compressed_bytes": xz(payload(stripped)),
                               "largest": [{"module": m, "name": n, "source_bytes": b} for m, n, b in dead[:10]]},
         **extra,
         "modules": modules,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.bundle import build_bundle, bundle_modules, stripped_source
+from pgolf.bundle import (build_bundle, bundle_modules, shipped_sources, stripped_source, unreferenced_defs,
+                          without_defs)
 from pgolf.flags import apply_overrides
 from pgolf.presets import get_preset
 from pgolf.verify import env_without_package
@@ -160,3 +161,25 @@ def test_a_module_edited_after_bundling_is_read_again(tmp_path: Path, monkeypatc
     mod.write_text("from pgolf import c\n\nclass K:\n    def g(self):\n        def h():\n            import pgolf.a\n")
     assert bundle.module_imports("pgolf.m") == ({"pgolf", "pgolf.c"}, {"pgolf.a"})
     assert "import pgolf.a" in bundle.stripped_source("pgolf.m")
+
+
+def test_definitions_nothing_reaches_are_left_out() -> None:
+    sources = {"a": "def used():\n    return helper()\ndef helper():\n    pass\ndef unused():\n    return only_from_unused()\n",
+               "b": "def only_from_unused():\n    pass\nclass Named:\n    pass\nX = used()\nY = 'Named'\n"
+                    "def __getattr__(name):\n    pass\n"}
+    dead = unreferenced_defs(sources)
+    assert {(m, n) for m, n, _ in dead} == {("a", "unused"), ("b", "only_from_unused")}
+    kept = without_defs(sources, dead)
+    assert "unused" not in kept["a"] and "def helper" in kept["a"] and "only_from_unused" not in kept["b"]
+    assert "class Named" in kept["b"] and "def __getattr__" in kept["b"]  # named in a string; a module hook
+
+
+def test_shipped_sources_drop_what_only_other_verbs_use() -> None:
+    cfg = get_preset("test-tiny")
+    shipped = shipped_sources(cfg)
+    assert sorted(shipped) == bundle_modules(cfg)
+    # `pgolf prepare` writes shards and `pgolf quantize` re-exports: neither ships with a run
+    assert "def write_shard(" in stripped_source("pgolf.data.shards") and "def write_shard(" not in shipped["pgolf.data.shards"]
+    assert "def requantize(" not in shipped["pgolf.quant.export"]
+    assert "def read_shard_header(" in shipped["pgolf.data.shards"]
+    assert not unreferenced_defs(shipped)  # nothing left to take off

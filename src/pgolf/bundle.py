@@ -5,7 +5,8 @@ wrapper around compressed source (openai/parameter-golf records from 2026-04-05 
 exactly the pgolf modules a run of its config imports to train, export, reload and score
 (`bundle_modules`): the static closure of `pgolf.main` plus the feature modules the config switches
 on (`FEATURE_MODULES`). Each module is stripped by an AST round-trip (docstrings, comments, function
-annotations go; class-level field annotations stay, dataclasses need them), the set is compressed
+annotations go; class-level field annotations stay, dataclasses need them), the top-level functions and
+classes that no code reachable from the run names are left out (`unreferenced_defs`), the set is compressed
 with raw LZMA2 or brotli (whichever is smaller) and stored as one string literal inside a loader of
 a few lines that imports the modules from memory and calls `pgolf.main.bundle_main` with the baked
 config. The file is declared latin-1, so each compressed byte is one character of the literal and
@@ -171,6 +172,74 @@ def stripped_source(name: str) -> str:
     return _facts(name)[2]
 
 
+def _names_in(node: ast.AST) -> set[str]:
+    """Every name a piece of code could reach a definition by: names, attributes, imported names and the
+    words of string constants (so a name spelled in a string, for getattr or a message, counts)."""
+    out: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.update(n.value.replace(".", " ").split())
+        elif isinstance(n, ast.alias):
+            out.update({n.name.split(".")[-1], n.asname or ""})
+    return out
+
+
+def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> list[tuple[str, str, int]]:
+    """(module, name, source bytes) of the top-level functions and classes that no code reachable from the
+    modules' top-level statements and `entry` names, largest first. Conservative: any mention of a name
+    anywhere reachable keeps every definition of that name; dunder names (module hooks) always stay."""
+    defs: dict[str, list[tuple[str, ast.AST]]] = {}
+    roots = {entry}
+    for module, src in sources.items():
+        for stmt in ast.parse(src).body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defs.setdefault(stmt.name, []).append((module, stmt))
+            else:
+                roots |= _names_in(stmt)
+    roots |= {name for name in defs if name.startswith("__") and name.endswith("__")}
+    live: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in live:
+            continue
+        live.add(name)
+        for _, node in defs.get(name, []):
+            todo.extend(_names_in(node) - live)
+    return sorted(((m, n, len(ast.unparse(node))) for n, found in defs.items() if n not in live
+                   for m, node in found), key=lambda r: (-r[2], r[0], r[1]))
+
+
+def without_defs(sources: dict[str, str], dead: list[tuple[str, str, int]]) -> dict[str, str]:
+    """The sources with the given top-level definitions removed (the others untouched)."""
+    drop = {(m, n) for m, n, _ in dead}
+    out = {}
+    for module, src in sources.items():
+        if not any(m == module for m, _ in drop):
+            out[module] = src
+            continue
+        tree = ast.parse(src)
+        tree.body = [s for s in tree.body if (module, getattr(s, "name", None)) not in drop] or [ast.Pass()]
+        out[module] = ast.unparse(tree) + "\n"
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _shaken(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    sources = dict(items)
+    return tuple(without_defs(sources, unreferenced_defs(sources)).items())
+
+
+def shipped_sources(cfg: RunConfig) -> dict[str, str]:
+    """Module name -> the source the bundle of `cfg` ships: stripped, without the top-level definitions that
+    nothing the run can reach names (the writers of `pgolf prepare`, the helpers of `pgolf quantize`, ...)."""
+    return dict(_shaken(tuple((name, stripped_source(name)) for name in bundle_modules(cfg))))
+
+
 @functools.lru_cache(maxsize=8)
 def _compress(raw: bytes) -> tuple[str, bytes]:
     """("lzma" | "brotli", bytes): whichever codec gives the smaller stream."""
@@ -221,7 +290,7 @@ def baked_config(cfg: RunConfig) -> str:
 def build_bundle(cfg: RunConfig) -> bytes:
     """The bytes of the single-file script for `cfg` (deterministic; latin-1 source)."""
     # One JSON object: module name -> [is package, source], and "" -> the baked config.
-    modules: dict[str, object] = {name: [is_package(name), stripped_source(name)] for name in bundle_modules(cfg)}
+    modules: dict[str, object] = {name: [is_package(name), src] for name, src in shipped_sources(cfg).items()}
     modules[""] = baked_config(cfg)
     raw = json.dumps(modules, sort_keys=True, separators=(",", ":")).encode("utf-8")
     codec, packed = _compress(raw)
