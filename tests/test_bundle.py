@@ -136,6 +136,8 @@ def test_a_run_that_needs_a_missing_feature_module_is_refused_up_front() -> None
     (["--eval.ngram_order", "3"], "pgolf.eval.ngram"),
     (["--eval.ttt", "lora", "--eval.mix_unadapted", "true"], "pgolf.eval.ngram"),  # where the mixing lives
     (["--eval.ttt", "lora", "--ttt.lora_mix_lr", "0.01"], "pgolf.eval.ngram"),
+    (["--train.ema_decay", "0.997"], "pgolf.optim.averaging"),
+    (["--train.swa_every", "50"], "pgolf.optim.averaging"),
 ])
 def test_feature_modules_ship_exactly_when_switched_on(flags: list[str], module: str) -> None:
     from pgolf.main import FEATURE_MODULES

@@ -53,6 +53,7 @@ FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
     "pgolf.quant.qat": lambda cfg: cfg.train.qat_threshold > 0,
     "pgolf.quant.gptq": lambda cfg: cfg.quant.gptq,
     "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,
+    "pgolf.optim.averaging": lambda cfg: cfg.train.ema_decay > 0 or cfg.train.swa_every > 0,
 }
 
 
