@@ -157,20 +157,15 @@ def build_components(cfg: RunConfig, model: nn.Module) -> list[Component]:
     """The Trainer's components for a config, switched-off ones as `Disabled`. Order matters: the first
     component offering weights to export wins (EMA before SWA)."""
     tc = cfg.train
+    if tc.ema_decay > 0 or tc.swa_every > 0:  # imported only then: a feature module of the bundle
+        from pgolf.optim.averaging import EMA, SWA
     return [
-        _averaging(model, "EMA", tc.ema_decay) if tc.ema_decay > 0 else Disabled("ema"),
-        _averaging(model, "SWA", tc.swa_every, tc.swa_lr_threshold) if tc.swa_every > 0 else Disabled("swa"),
+        EMA(model, tc.ema_decay) if tc.ema_decay > 0 else Disabled("ema"),
+        SWA(model, tc.swa_every, tc.swa_lr_threshold) if tc.swa_every > 0 else Disabled("swa"),
         GradientSensitivity(model, tc.sensitivity_frac) if tc.sensitivity_frac > 0 else Disabled("sensitivity"),
         looping_switch(cfg, model),
         qat_component(cfg, model),
     ]
-
-
-def _averaging(model: nn.Module, kind: str, *args: Any) -> Component:
-    """EMA or SWA, imported only when switched on (`pgolf.optim.averaging` is a feature module of the bundle)."""
-    from pgolf.optim import averaging
-
-    return averaging.EMA(model, *args) if kind == "EMA" else averaging.SWA(model, *args)
 
 
 def qat_component(cfg: RunConfig, model: nn.Module) -> Component:
