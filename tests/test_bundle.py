@@ -185,3 +185,79 @@ def test_shipped_sources_drop_what_only_other_verbs_use() -> None:
     assert "def requantize(" not in shipped["pgolf.quant.export"]
     assert "def read_shard_header(" in shipped["pgolf.data.shards"]
     assert not unreferenced_defs(shipped)  # nothing left to take off
+
+
+_TRICKY = '''
+import math as m
+G = 10
+
+
+def f(alpha, *rest, beta=2, **kw):
+    total = alpha + beta + G
+    items = [total * k for k in range(3)]
+    pairs = {key: value for key, value in kw.items()}
+    def inner(x):
+        nonlocal total
+        total += x
+        return total
+    def reads(y):
+        return y + alpha + len(items)
+    class Box:
+        size = beta
+        def get(self):
+            return self.size + alpha
+    try:
+        raise ValueError(total)
+    except ValueError as err:
+        caught = err.args[0]
+    squares = (lambda total_: total_ * total_)(alpha)
+    out = []
+    for index, item in enumerate(items):
+        out.append(index * item)
+    acc = 0
+    while acc < 5:
+        acc += 1
+    del acc
+    return (inner(1), reads(2), Box().get(), caught, squares, out, pairs, rest, m.floor(2.5), sorted(locals_free()))
+
+
+def locals_free():
+    mine = 3
+    return [mine]
+
+
+def introspects(a):
+    hidden = a * 2
+    return sorted(locals())
+
+
+def shadows(n):
+    max = n + 1
+    return max, [max for _ in range(2)]
+'''
+
+
+def test_minified_renames_locals_without_changing_behaviour() -> None:
+    from pgolf.bundle import minified
+
+    def run(src: str) -> tuple:
+        ns: dict = {}
+        exec(compile(src, "m", "exec"), ns)
+        return ns["f"](1, 7, 8, beta=3, c=4), ns["introspects"](5), ns["shadows"](4)
+
+    small = minified(_TRICKY)
+    assert run(small) == run(_TRICKY)
+    assert "caught" not in small and "squares" not in small and "index" not in small  # locals renamed
+    assert "total +=" in small and "mine" not in small  # ... except one a nested function declares nonlocal
+    assert "def f(alpha, *rest, beta=2, **kw):" in small  # parameters keep their names (keyword calls)
+    assert "nonlocal" in small and "hidden" in small  # a locals() caller keeps every name
+    assert "\n    " not in small and "\n  nonlocal total" in small  # one space per level
+    assert len(small) < len(_TRICKY)
+
+
+def test_shipped_sources_are_minified_and_compile() -> None:
+    cfg = get_preset("cpu-record-tuned")
+    shipped = shipped_sources(cfg)
+    for name, src in shipped.items():
+        compile(src, name, "exec")
+    assert sum(map(len, shipped.values())) < 0.9 * sum(len(stripped_source(n)) for n in shipped)

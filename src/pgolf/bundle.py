@@ -6,9 +6,10 @@ exactly the pgolf modules a run of its config imports to train, export, reload a
 (`bundle_modules`): the static closure of `pgolf.main` plus the feature modules the config switches
 on (`FEATURE_MODULES`). Each module is stripped by an AST round-trip (docstrings, comments, function
 annotations go; class-level field annotations stay, dataclasses need them), the top-level functions and
-classes that no code reachable from the run names are left out (`unreferenced_defs`), the set is compressed
-with raw LZMA2 or brotli (whichever is smaller) and stored as one string literal inside a loader of
-a few lines that imports the modules from memory and calls `pgolf.main.bundle_main` with the baked
+classes that no code reachable from the run names are left out (`unreferenced_defs`), each function's
+locals are renamed to short names and indentation narrowed to one space (`minified`), the modules are
+joined with NUL separators, compressed with raw LZMA2 or brotli (whichever is smaller) and stored as one
+string literal inside a loader of a few lines that imports the modules from memory and calls `pgolf.main.bundle_main` with the baked
 config. The file is declared latin-1, so each compressed byte is one character of the literal and
 only the five a literal cannot hold raw are escaped (about 3% over the compressed size, where base85
 costs 25%). Building is deterministic: the same sources and config give the same bytes.
@@ -17,9 +18,14 @@ costs 25%). Building is deterministic: the same sources and config give the same
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
+import itertools
 import json
+import keyword
 import lzma
+import re
+import string
 from pathlib import Path
 
 import brotli
@@ -228,10 +234,139 @@ def without_defs(sources: dict[str, str], dead: list[tuple[str, str, int]]) -> d
     return out
 
 
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+# Calls that can reach a function's locals by their spelling: a function holding one keeps every name.
+_INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "dir"})
+
+
+def _own_scope(fn: ast.AST) -> list[ast.AST]:
+    """The nodes of a function's own scope: its body, not the nested functions, classes and comprehensions
+    (their headers' default values and decorators run in this scope, so they count)."""
+    out: list[ast.AST] = []
+    todo = list(ast.iter_child_nodes(fn))
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, (*_FUNCTIONS, ast.ClassDef)):
+            todo.extend([*node.decorator_list, *getattr(node, "bases", []), *getattr(node, "keywords", [])])
+            if isinstance(node, _FUNCTIONS):
+                todo.extend(d for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None)
+        elif isinstance(node, ast.Lambda):
+            todo.extend(d for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None)
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            todo.append(node.generators[0].iter)  # the first iterable is evaluated outside the comprehension
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _renamable(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """The locals of `fn` that can take any fresh spelling without changing what the code does, in order of
+    first appearance: names bound by assignment, loops, `with` and `except` in fn's own scope (so every use in
+    the function resolves to them). Parameters keep their names (a caller may pass them by keyword), and so do
+    names that a nested scope declares global or nonlocal, takes as a parameter or binds in a class body, and
+    names bound by imports, nested definitions or `:=`. A function that calls locals(), vars(), eval(),
+    exec() or dir() keeps every name."""
+    own = _own_scope(fn)
+    bound: dict[str, None] = {}
+    for node in own:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.setdefault(node.id, None)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.setdefault(node.name, None)
+    keep: set[str] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _INTROSPECTION:
+            return []
+        if isinstance(node, ast.arg):
+            keep.add(node.arg)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            keep.update(node.names)
+        elif isinstance(node, ast.alias):
+            keep.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (*_FUNCTIONS, ast.ClassDef)) and node is not fn:
+            keep.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                keep.update(n.id for s in node.body for n in ast.walk(s)
+                            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+        elif isinstance(node, ast.NamedExpr):
+            keep.update(n.id for n in ast.walk(node.target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            keep.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            keep.add(node.rest)
+    return sorted((n for n in bound if n not in keep and not n.startswith("__")), key=list(bound).index)
+
+
+def _short_names():
+    """a, b, ..., Z, aa, ab, ...: never a keyword or a soft keyword."""
+    letters = string.ascii_letters
+    for length in itertools.count(1):
+        for chars in itertools.product(letters, repeat=length):
+            name = "".join(chars)
+            if not keyword.iskeyword(name) and not keyword.issoftkeyword(name):
+                yield name
+
+
+def _spelled(node: ast.AST) -> set[str]:
+    """Every identifier spelled in `node`: names, parameters, attributes, definitions, imports, declarations."""
+    out: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.arg):
+            out.add(n.arg)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, (*_FUNCTIONS, ast.ClassDef)) or (isinstance(n, ast.ExceptHandler) and n.name):
+            out.add(n.name)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            out.update(n.names)
+        elif isinstance(n, ast.alias):
+            out.update({n.name.split(".")[0], n.asname or ""})
+        elif isinstance(n, ast.keyword) and n.arg:
+            out.add(n.arg)
+    return out
+
+
+def _rename_in(fn: ast.AST, mapping: dict[str, str]) -> None:
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Name) and n.id in mapping:
+            n.id = mapping[n.id]
+        elif isinstance(n, ast.ExceptHandler) and n.name in mapping:
+            n.name = mapping[n.name]
+
+
+def minified(src: str) -> str:
+    """`src` with each function's renamable locals (`_renamable`) spelled as short fresh names, the same short
+    names in every function (compressors like repeats), and one space per indentation level. Outer functions
+    go first; a nested function then picks names that nothing in its own body spells."""
+    tree = ast.parse(src)
+    taken = set(dir(builtins)) | _spelled(tree)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, _FUNCTIONS):
+            locals_ = _renamable(node)
+            if locals_:
+                used = _spelled(node) | taken
+                fresh = (n for n in _short_names() if n not in used)
+                _rename_in(node, {old: next(fresh) for old in locals_})
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    out = ast.unparse(tree)
+    narrow = re.sub(r"(?m)^((?:    )+)", lambda m: " " * (len(m.group(1)) // 4), out)
+    # A line that starts inside a multi-line string would change with its indentation: keep the wide form then.
+    return (narrow if ast.dump(ast.parse(narrow)) == ast.dump(ast.parse(out)) else out) + "\n"
+
+
 @functools.lru_cache(maxsize=8)
 def _shaken(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     sources = dict(items)
-    return tuple(without_defs(sources, unreferenced_defs(sources)).items())
+    return tuple((m, minified(src)) for m, src in without_defs(sources, unreferenced_defs(sources)).items())
 
 
 def shipped_sources(cfg: RunConfig) -> dict[str, str]:
@@ -254,12 +389,13 @@ _LOADER = {
 }
 _TEMPLATE = (
     "# -*- coding: latin-1 -*-\n"
-    "{codec}import json,sys,importlib.util as u\n"
-    "M=json.loads(D({payload}.encode('latin-1')))\n"
-    "C=M.pop('')\n"
+    "{codec}import sys,importlib.util as u\n"
+    "P=D({payload}.encode('latin-1')).decode().split('\\0')\n"
+    "C=P.pop()\n"
+    "M={{P[i]:P[i+1:i+3]for i in range(0,len(P),3)}}\n"
     "class F:\n"
     " def find_spec(s,n,p,t=None):\n"
-    "  if n in M:return u.spec_from_loader(n,s,is_package=M[n][0],origin='train_gpt.py')\n"
+    "  if n in M:return u.spec_from_loader(n,s,is_package=M[n][0]>'',origin='train_gpt.py')\n"
     " def create_module(s,q):0\n"
     " def exec_module(s,m):m.__file__=__file__;exec(compile(M[m.__name__][1],m.__name__,'exec'),m.__dict__)\n"
     "sys.meta_path.insert(0,F())\n"
@@ -289,10 +425,10 @@ def baked_config(cfg: RunConfig) -> str:
 
 def build_bundle(cfg: RunConfig) -> bytes:
     """The bytes of the single-file script for `cfg` (deterministic; latin-1 source)."""
-    # One JSON object: module name -> [is package, source], and "" -> the baked config.
-    modules: dict[str, object] = {name: [is_package(name), src] for name, src in shipped_sources(cfg).items()}
-    modules[""] = baked_config(cfg)
-    raw = json.dumps(modules, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    # NUL-separated fields (a NUL cannot occur in source): name, "1" for a package or "", source, per module,
+    # then the baked config
+    fields = [f for name, src in shipped_sources(cfg).items() for f in (name, "1" if is_package(name) else "", src)]
+    raw = "\0".join([*fields, baked_config(cfg)]).encode("utf-8")
     codec, packed = _compress(raw)
     return _TEMPLATE.format(codec=_LOADER[codec], payload=latin1_literal(packed)).encode("latin-1")
 
