@@ -178,22 +178,6 @@ def stripped_source(name: str) -> str:
     return _facts(name)[2]
 
 
-def _names_in(node: ast.AST) -> set[str]:
-    """Every name a piece of code could reach a definition by: names, attributes, imported names and the
-    words of string constants (so a name spelled in a string, for getattr or a message, counts)."""
-    out: set[str] = set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            out.add(n.id)
-        elif isinstance(n, ast.Attribute):
-            out.add(n.attr)
-        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-            out.update(n.value.replace(".", " ").split())
-        elif isinstance(n, ast.alias):
-            out.update({n.name.split(".")[-1], n.asname or ""})
-    return out
-
-
 def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> list[tuple[str, str, int]]:
     """(module, name, source bytes) of the top-level functions and classes that no code reachable from the
     modules' top-level statements and `entry` names, largest first. Conservative: any mention of a name
@@ -205,7 +189,7 @@ def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> li
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 defs.setdefault(stmt.name, []).append((module, stmt))
             else:
-                roots |= _names_in(stmt)
+                roots |= _spelled(stmt, words_of_strings=True)
     roots |= {name for name in defs if name.startswith("__") and name.endswith("__")}
     live: set[str] = set()
     todo = list(roots)
@@ -215,7 +199,7 @@ def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> li
             continue
         live.add(name)
         for _, node in defs.get(name, []):
-            todo.extend(_names_in(node) - live)
+            todo.extend(_spelled(node, words_of_strings=True) - live)
     return sorted(((m, n, len(ast.unparse(node))) for n, found in defs.items() if n not in live
                    for m, node in found), key=lambda r: (-r[2], r[0], r[1]))
 
@@ -310,8 +294,10 @@ def _short_names():
                 yield name
 
 
-def _spelled(node: ast.AST) -> set[str]:
-    """Every identifier spelled in `node`: names, parameters, attributes, definitions, imports, declarations."""
+def _spelled(node: ast.AST, words_of_strings: bool = False) -> set[str]:
+    """Every identifier spelled in `node`: names, parameters, attributes, definitions, imports, declarations,
+    keyword arguments, and with `words_of_strings` the words of string constants (so a name spelled in a
+    string, for getattr or a message, counts as a way to reach a definition)."""
     out: set[str] = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
@@ -325,9 +311,11 @@ def _spelled(node: ast.AST) -> set[str]:
         elif isinstance(n, (ast.Global, ast.Nonlocal)):
             out.update(n.names)
         elif isinstance(n, ast.alias):
-            out.update({n.name.split(".")[0], n.asname or ""})
+            out.update({n.name.split(".")[-1], n.name.split(".")[0], n.asname or ""})
         elif isinstance(n, ast.keyword) and n.arg:
             out.add(n.arg)
+        elif words_of_strings and isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.update(n.value.replace(".", " ").split())
     return out
 
 
