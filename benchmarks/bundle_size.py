@@ -6,8 +6,9 @@ shaking and one cheap encoding take off it.
 Per module: the shipped source's bytes and the module compressed alone (LZMA2, the bundle's filter; the
 modules share context in the real bundle, so these add up to more than it). Then, on the whole payload:
 the top-level functions and classes the bundle leaves out because no bundled code reachable from the run
-names them (`pgolf.bundle.unreferenced_defs`) with the payload as it would be with them, and the payload
-joined with separators instead of JSON-escaped.
+names them (`pgolf.bundle.unreferenced_defs`) with the payload as it would be with them, the payload without
+the renaming of locals (`pgolf.bundle.minified`), and the payload as JSON (the encoding bundles used before
+the NUL-joined one).
 
 With `--coverage FILE` (a coverage.py data file of one run of the same config, e.g.
 `coverage run --source=pgolf -m pgolf run --preset P --train.iterations 6 --eval.max_tokens 4000`) it
@@ -35,7 +36,7 @@ def xz(data: bytes) -> int:
 
 
 def unentered_removed(sources: dict[str, str], executed: dict[str, set[int]]) -> dict[str, str]:
-    """Each module named in `sources`, stripped as the bundle strips it, with every function (at any depth) whose
+    """Each module named in `sources`, stripped and minified as the bundle does, with every function (at any depth) whose
     body holds no executed line removed; `executed` maps a module to the line numbers of its original file that
     ran (so the module is re-read and re-stripped here)."""
 
@@ -59,7 +60,7 @@ def unentered_removed(sources: dict[str, str], executed: dict[str, set[int]]) ->
         assert path is not None
         tree = Drop(executed.get(module, set())).visit(ast.parse(path.read_text(encoding="utf-8")))
         tree = bundle._Strip().visit(tree)
-        out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+        out[module] = bundle.minified(ast.unparse(ast.fix_missing_locations(tree)))
     return out
 
 
@@ -105,24 +106,27 @@ def main(argv: list[str]) -> int:
     sources = bundle.shipped_sources(cfg)  # stripped, less the definitions nothing reachable names
     modules = sorted(({"module": m, "source_bytes": len(s), "alone_compressed_bytes": xz(s.encode())}
                       for m, s in sources.items()), key=lambda r: -r["alone_compressed_bytes"])
-    joined = "\0".join(f"{m}\1{int(bundle.is_package(m))}\1{s}" for m, s in sorted(sources.items())).encode()
+    baked = bundle.baked_config(cfg)
     dead = bundle.unreferenced_defs(stripped)
+    unminified = bundle.without_defs(stripped, dead)
     extra = {}
     if args.coverage:
         shaken = unentered_removed(sources, executed_lines(args.coverage, names))
         extra["unentered_functions_removed"] = {
             "source_bytes": sum(len(s) for s in shaken.values()),
-            "payload_compressed_bytes": xz(payload(shaken)),
+            "payload_compressed_bytes": xz(bundle.joined_payload(shaken, baked)),
             "largest_cuts": sorted(({"module": m, "source_bytes_removed": len(sources[m]) - len(shaken[m])}
                                     for m in sources), key=lambda r: -r["source_bytes_removed"])[:10]}
     emit({
         "benchmark": "bundle_size", "preset": args.preset, "flags": args.flags,
         "bundle_bytes": bundle.code_bytes(cfg),
         "source_bytes": sum(len(s) for s in sources.values()),
+        "payload_compressed_bytes": xz(bundle.joined_payload(sources, baked)),
+        "payload_unminified_compressed_bytes": xz(bundle.joined_payload(unminified, baked)),
         "payload_json_compressed_bytes": xz(payload(sources)),
-        "payload_joined_compressed_bytes": xz(joined),
         "unreferenced_defs": {"count": len(dead), "source_bytes": sum(r[2] for r in dead),
-                              "payload_with_them_compressed_bytes": xz(payload(stripped)),
+                              "payload_with_them_compressed_bytes": xz(bundle.joined_payload(
+                                  {m: bundle.minified(s) for m, s in stripped.items()}, baked)),
                               "largest": [{"module": m, "name": n, "source_bytes": b} for m, n, b in dead[:10]]},
         **extra,
         "modules": modules,

@@ -261,3 +261,26 @@ def test_shipped_sources_are_minified_and_compile() -> None:
     for name, src in shipped.items():
         compile(src, name, "exec")
     assert sum(map(len, shipped.values())) < 0.9 * sum(len(stripped_source(n)) for n in shipped)
+
+
+def test_baked_config_holds_only_changes_and_rebuilds_every_preset() -> None:
+    from pgolf.bundle import baked_config
+    from pgolf.config import ConfigError, config_to_dict
+    from pgolf.flags import run_config_from_changes
+    from pgolf.presets import PRESETS
+
+    for name in PRESETS:
+        cfg = get_preset(name)
+        baked = json.loads(baked_config(cfg))
+        rebuilt = config_to_dict(run_config_from_changes(baked))
+        want = config_to_dict(apply_overrides(cfg, ["--train.seed", str(rebuilt["train"]["seed"])]))
+        for key in ("run_id", "out_dir"):
+            rebuilt.pop(key), want.pop(key)
+        assert rebuilt == want, name
+    baked = json.loads(baked_config(get_preset("cpu-record-tuned")))
+    assert baked["optim"]["muon_momentum"] == 0.85 and "matrix_lr" in baked["optim"]
+    assert "seed" not in baked["train"] and "beta2" not in baked["optim"]  # defaults are not carried
+    with pytest.raises(ConfigError, match="optim.nope"):
+        run_config_from_changes({"optim": {"nope": 1}})
+    with pytest.raises(ConfigError, match="optim.beta1"):
+        run_config_from_changes({"optim": {"beta1": "high"}})

@@ -400,24 +400,37 @@ def latin1_literal(data: bytes) -> str:
 
 
 def baked_config(cfg: RunConfig) -> str:
-    """The config a bundle carries, canonical JSON: the resolved run config without where a run goes
-    (run_id, out_dir: each run draws its own id under ./runs unless told otherwise) and with the default
-    seed (a seed is chosen when the script runs: SEED=42 or --train.seed 42)."""
+    """The config a bundle carries, canonical JSON of the fields that differ from RunConfig()'s defaults (the
+    shipped config module holds the rest; `pgolf.flags.run_config_from_changes` rebuilds it), without where a
+    run goes (run_id, out_dir: each run draws its own id under ./runs unless told otherwise) and with the
+    default seed (a seed is chosen when the script runs: SEED=42 or --train.seed 42)."""
     data = config_to_dict(cfg)
     for key in RUN_IDENTITY_FIELDS:
         data.pop(key, None)
     # One script serves every seed of an experiment (SEED=42 python train_gpt.py), as records ship it.
     data["train"]["seed"] = TrainConfig().seed
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    default = config_to_dict(RunConfig())
+    changed: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            fields = {f: v for f, v in value.items() if v != default[key][f]}
+            if fields:
+                changed[key] = fields
+        elif value != default[key]:
+            changed[key] = value
+    return json.dumps(changed, sort_keys=True, separators=(",", ":"))
+
+
+def joined_payload(sources: dict[str, str], baked: str) -> bytes:
+    """What the bundle compresses: NUL-separated fields (a NUL cannot occur in source), per module its name,
+    "1" for a package or "", and its source, then the baked config."""
+    fields = [f for name, src in sources.items() for f in (name, "1" if is_package(name) else "", src)]
+    return "\0".join([*fields, baked]).encode("utf-8")
 
 
 def build_bundle(cfg: RunConfig) -> bytes:
     """The bytes of the single-file script for `cfg` (deterministic; latin-1 source)."""
-    # NUL-separated fields (a NUL cannot occur in source): name, "1" for a package or "", source, per module,
-    # then the baked config
-    fields = [f for name, src in shipped_sources(cfg).items() for f in (name, "1" if is_package(name) else "", src)]
-    raw = "\0".join([*fields, baked_config(cfg)]).encode("utf-8")
-    codec, packed = _compress(raw)
+    codec, packed = _compress(joined_payload(shipped_sources(cfg), baked_config(cfg)))
     return _TEMPLATE.format(codec=_LOADER[codec], payload=latin1_literal(packed)).encode("latin-1")
 
 

@@ -170,3 +170,21 @@ def apply_overrides(cfg: RunConfig, args: list[str]) -> RunConfig:
         setattr(owner, name, parse_text(text, tp, flag[2:]))
         i += 1
     return cfg.validate()
+
+
+def run_config_from_changes(changes: Any, where: str = "baked config") -> RunConfig:
+    """RunConfig()'s defaults with `changes` set ({section: {field: value}} and top-level field: value; each
+    field known and type-checked), then validated: the compact form of a config a bundle bakes in."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where} is not an object")
+    cfg = RunConfig()
+    table = flag_names(cfg)
+    for key, value in changes.items():
+        fields = value.items() if key in SECTIONS and isinstance(value, dict) else [("", value)]
+        for field, v in fields:
+            name = f"{key}.{field}" if field else key
+            if f"--{name}" not in table:
+                raise ConfigError(f"{where} has unknown field {name!r:.60}; it was written by another pgolf version")
+            owner, attr, tp = table[f"--{name}"]
+            setattr(owner, attr, check_value(v, tp, f"{where}.{name}"))
+    return cfg.validate()

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pgolf import dist
-from pgolf.config import ConfigError, RunConfig, run_config_from_dict
+from pgolf.config import ConfigError, RunConfig
 from pgolf.errors import UserError
-from pgolf.flags import apply_overrides, flag_names, parse_text
+from pgolf.flags import apply_overrides, flag_names, parse_text, run_config_from_changes
 
 # The challenge baseline's environment variables and the fields they set.
 ENV_FLAGS: dict[str, str] = {
@@ -153,7 +153,7 @@ def bundle_main(baked: str, argv: list[str], environ: Mapping[str, str] | None =
         if any(a in ("-h", "--help") for a in argv):
             print(f"usage: {prog} [--section.field VALUE ...]; environment variables: {', '.join(ENV_FLAGS)}")
             return 0
-        cfg = run_config_from_dict(json.loads(baked))
+        cfg = run_config_from_changes(json.loads(baked))
         cfg = apply_overrides(apply_env(cfg, os.environ if environ is None else environ), argv)
         check_features(cfg)
         if not os.path.isfile(sys.argv[0]):
