@@ -8,7 +8,8 @@ the LR warms down linearly to zero over the time the last `warmdown_iters` steps
 
 Beside the model and optimisers the Trainer owns training components (`pgolf.components`: weight
 averages, statistics, switches) and treats all of it as one state, which the warm-up undo restores
-and the checkpoints (`pgolf.checkpoint`) save, so a run killed at any point resumes bit-exactly.
+and the checkpoints (`pgolf.checkpoint`, imported only by a run that writes or resumes them) save, so a
+run killed at any point resumes bit-exactly.
 The loop may stop `train.calibration_reserve_seconds` early and run a caller's calibration inside
 the budget. The trainer never sees validation data: periodic evaluation is a callback built by the
 caller.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import dist
-from pgolf.checkpoint import (Checkpointer, config_difference, load_checkpoint, read_checkpoint_meta, rng_state,
-                              set_rng_state)
 from pgolf.components import Component, GradientSensitivity, StepEvent, SwitchAtThreshold, build_components
 from pgolf.config import RunConfig, config_to_dict
 from pgolf.data.loader import build_loader
@@ -46,6 +47,51 @@ from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
 
 EvalCallback = Callable[[nn.Module, int], dict[str, float]]
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator's state: torch CPU, the run's CUDA device, numpy global, Python global."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4]),
+                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
+
+
+class NoCheckpoints:
+    """The checkpointer of a run that neither writes nor resumes checkpoints (`train.checkpoint_every_seconds`
+    0): never due, nothing to wait for, so `pgolf.checkpoint` stays out of such a run (and its bundle)."""
+
+    def due(self, train_s: float) -> bool:
+        return False
+
+    def wait(self) -> None:
+        return None
+
+    def discard_stale(self) -> None:
+        pass
+
+    def describe_last(self) -> str:
+        return "no checkpoint was written (see --train.checkpoint_every_seconds)"
 
 
 @dataclass
@@ -262,7 +308,12 @@ def train(cfg: RunConfig, info: DistInfo, log: RunLogger, eval_callback: EvalCal
     trainer = trainer or Trainer(cfg, info)
     num_params = _log_setup(cfg, info, trainer, log)
     run_warmup(trainer, tc.warmup_steps, log)
-    checkpoints = Checkpointer(log.run_dir, tc.checkpoint_every_seconds, info.is_main)
+    if tc.checkpoint_every_seconds > 0 or resume_from is not None:
+        from pgolf.checkpoint import Checkpointer
+
+        checkpoints: Any = Checkpointer(log.run_dir, tc.checkpoint_every_seconds, info.is_main)
+    else:
+        checkpoints = NoCheckpoints()
     train_s, step = 0.0, 0
     if resume_from is not None:
         step, train_s = resume(trainer, resume_from, cfg, log)
@@ -340,6 +391,8 @@ def _log_setup(cfg: RunConfig, info: DistInfo, trainer: Trainer, log: RunLogger)
 def resume(trainer: Trainer, path: Path, cfg: RunConfig, log: RunLogger) -> tuple[int, float]:
     """Load a checkpoint into the trainer after checking it was written with the same config; returns
     (steps done, training seconds spent)."""
+    from pgolf.checkpoint import config_difference, load_checkpoint, read_checkpoint_meta
+
     meta = read_checkpoint_meta(path)
     diff = config_difference(meta["config"], config_to_dict(cfg))
     if diff is not None:
@@ -353,7 +406,7 @@ def resume(trainer: Trainer, path: Path, cfg: RunConfig, log: RunLogger) -> tupl
     return step, train_s
 
 
-def _write_checkpoint(trainer: Trainer, checkpoints: Checkpointer, cfg: RunConfig, step: int, train_s: float,
+def _write_checkpoint(trainer: Trainer, checkpoints: Any, cfg: RunConfig, step: int, train_s: float,
                       log: RunLogger) -> float:
     """Start writing the training state (rank 0) and wait on every rank until its host copy is taken;
     returns the seconds training stalled, which count as training time (the budget is wall-clock)."""
