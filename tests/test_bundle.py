@@ -139,6 +139,7 @@ def test_a_run_that_needs_a_missing_feature_module_is_refused_up_front() -> None
     (["--train.ema_decay", "0.997"], "pgolf.optim.averaging"),
     (["--train.swa_every", "50"], "pgolf.optim.averaging"),
     (["--train.checkpoint_every_seconds", "60"], "pgolf.checkpoint"),
+    (["--train.data_order", "shuffled"], "pgolf.data.shuffled"),
 ])
 def test_feature_modules_ship_exactly_when_switched_on(flags: list[str], module: str) -> None:
     from pgolf.main import FEATURE_MODULES

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.loader import DistributedTokenLoader, ShuffledSequenceLoader, TokenStream, build_loader
+from pgolf.data.loader import DistributedTokenLoader, TokenStream, build_loader
+from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.data.shards import shard_name, write_shard
 from pgolf.errors import UserError
 

@@ -55,6 +55,7 @@ FEATURE_MODULES: dict[str, Callable[[RunConfig], bool]] = {
     "pgolf.quant.lqer": lambda cfg: cfg.quant.lqer_rank > 0,
     "pgolf.optim.averaging": lambda cfg: cfg.train.ema_decay > 0 or cfg.train.swa_every > 0,
     "pgolf.checkpoint": lambda cfg: cfg.train.checkpoint_every_seconds > 0,
+    "pgolf.data.shuffled": lambda cfg: cfg.train.data_order == "shuffled",
 }
 
 
