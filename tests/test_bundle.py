@@ -169,7 +169,7 @@ def test_a_module_edited_after_bundling_is_read_again(tmp_path: Path, monkeypatc
 
 def test_definitions_nothing_reaches_are_left_out() -> None:
     sources = {"a": "def used():\n    return helper()\ndef helper():\n    pass\ndef unused():\n    return only_from_unused()\n",
-               "b": "def only_from_unused():\n    pass\nclass Named:\n    pass\nX = used()\nY = 'Named'\n"
+               "b": "from a import used\ndef only_from_unused():\n    pass\nclass Named:\n    pass\nX = used()\nY = 'Named'\n"
                     "def __getattr__(name):\n    pass\n"}
     dead = unreferenced_defs(sources)
     assert {(m, n) for m, n, _ in dead} == {("a", "unused"), ("b", "only_from_unused")}
@@ -286,3 +286,16 @@ def test_baked_config_holds_only_changes_and_rebuilds_every_preset() -> None:
         run_config_from_changes({"optim": {"nope": 1}})
     with pytest.raises(ConfigError, match="optim.beta1"):
         run_config_from_changes({"optim": {"beta1": "high"}})
+
+
+def test_the_shake_follows_each_module_s_own_imports() -> None:
+    sources = {
+        "pgolf.a": "def report():\n    pass\ndef helper():\n    pass\ndef by_attribute():\n    pass\ndef stop():\n    pass\n"
+                   "def local_only():\n    pass\n",
+        "pgolf.b": "from pgolf.a import helper\nimport pgolf.a as a\ndef report():\n    return helper()\nX = report()\n"
+                   "Y = a.by_attribute\ndef run(stop, local_only):\n    if stop:\n        a.stop()\n    return local_only\nZ = run(1, 2)\n",
+    }
+    dead = {(m, n) for m, n, _ in unreferenced_defs(sources)}
+    # b's bare `report` is b's own: a's is dead; `local_only` is only ever a parameter; an import keeps its
+    # name, an attribute keeps every definition of its name (a local `stop` beside `a.stop()` too)
+    assert dead == {("pgolf.a", "report"), ("pgolf.a", "local_only")}

@@ -180,28 +180,69 @@ def stripped_source(name: str) -> str:
 
 def unreferenced_defs(sources: dict[str, str], entry: str = "bundle_main") -> list[tuple[str, str, int]]:
     """(module, name, source bytes) of the top-level functions and classes that no code reachable from the
-    modules' top-level statements and `entry` names, largest first. Conservative: any mention of a name
-    anywhere reachable keeps every definition of that name; dunder names (module hooks) always stay."""
-    defs: dict[str, list[tuple[str, ast.AST]]] = {}
-    roots = {entry}
+    modules' top-level statements and `entry` reaches, largest first.
+
+    A bare name reaches the definition of that name in its own module, or the one its module imports it
+    from (`from pgolf.x import name`, at any depth; followed through re-exports); a name bound neither way
+    is a local or a builtin (in a module with a star import: any module's). The rest is conservative and
+    keeps every definition of the name in any module: an attribute (`obj.name`, `module.name`) and a word
+    of a string constant (getattr, messages). Imports themselves keep what they import (an import of a
+    missing name would fail), and dunder names (module hooks) always stay."""
+    defs: dict[tuple[str, str], ast.AST] = {}
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    imported: dict[str, dict[str, tuple[str, str]]] = {}
+    roots: list[tuple[str, ast.AST]] = []
     for module, src in sources.items():
-        for stmt in ast.parse(src).body:
+        tree = ast.parse(src)
+        imported[module] = {(a.asname or a.name): (n.module, a.name) for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0 for a in n.names}
+        for stmt in tree.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                defs.setdefault(stmt.name, []).append((module, stmt))
+                defs[(module, stmt.name)] = stmt
+                by_name.setdefault(stmt.name, []).append((module, stmt.name))
             else:
-                roots |= _spelled(stmt, words_of_strings=True)
-    roots |= {name for name in defs if name.startswith("__") and name.endswith("__")}
-    live: set[str] = set()
-    todo = list(roots)
+                roots.append((module, stmt))
+
+    def resolve(module: str, name: str, seen: frozenset[tuple[str, str]] = frozenset()) -> list[tuple[str, str]]:
+        if (module, name) in defs:
+            return [(module, name)]
+        source = imported.get(module, {}).get(name)
+        if source is None or source in seen:  # a builtin or a local; any module's with a star import
+            return by_name.get(name, []) if "*" in imported.get(module, {"*": None}) else []
+        if source[0] not in sources:
+            return []  # from a module outside the bundle (torch, json, ...)
+        return resolve(*source, seen | {source})
+
+    def reached(module: str, node: ast.AST) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                out.update(resolve(module, n.id))
+            elif isinstance(n, (ast.Global, ast.Nonlocal)):
+                for name in n.names:
+                    out.update(resolve(module, name))
+            elif isinstance(n, ast.ImportFrom) and n.module in sources and n.level == 0:
+                for a in n.names:
+                    out.update(resolve(n.module, a.name))
+            elif isinstance(n, ast.Attribute):
+                out.update(by_name.get(n.attr, []))
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                for word in n.value.replace(".", " ").split():
+                    out.update(by_name.get(word, []))
+        return out
+
+    todo = [key for key in defs if key[1] == entry or (key[1].startswith("__") and key[1].endswith("__"))]
+    for module, stmt in roots:
+        todo.extend(reached(module, stmt))
+    live: set[tuple[str, str]] = set()
     while todo:
-        name = todo.pop()
-        if name in live:
+        key = todo.pop()
+        if key in live:
             continue
-        live.add(name)
-        for _, node in defs.get(name, []):
-            todo.extend(_spelled(node, words_of_strings=True) - live)
-    return sorted(((m, n, len(ast.unparse(node))) for n, found in defs.items() if n not in live
-                   for m, node in found), key=lambda r: (-r[2], r[0], r[1]))
+        live.add(key)
+        todo.extend(reached(key[0], defs[key]) - live)
+    return sorted(((m, n, len(ast.unparse(node))) for (m, n), node in defs.items() if (m, n) not in live),
+                  key=lambda r: (-r[2], r[0], r[1]))
 
 
 def without_defs(sources: dict[str, str], dead: list[tuple[str, str, int]]) -> dict[str, str]:
@@ -294,10 +335,9 @@ def _short_names():
                 yield name
 
 
-def _spelled(node: ast.AST, words_of_strings: bool = False) -> set[str]:
+def _spelled(node: ast.AST) -> set[str]:
     """Every identifier spelled in `node`: names, parameters, attributes, definitions, imports, declarations,
-    keyword arguments, and with `words_of_strings` the words of string constants (so a name spelled in a
-    string, for getattr or a message, counts as a way to reach a definition)."""
+    keyword arguments."""
     out: set[str] = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
@@ -314,8 +354,6 @@ def _spelled(node: ast.AST, words_of_strings: bool = False) -> set[str]:
             out.update({n.name.split(".")[-1], n.name.split(".")[0], n.asname or ""})
         elif isinstance(n, ast.keyword) and n.arg:
             out.add(n.arg)
-        elif words_of_strings and isinstance(n, ast.Constant) and isinstance(n.value, str):
-            out.update(n.value.replace(".", " ").split())
     return out
 
 
