@@ -22,7 +22,7 @@ from pgolf.fileio import write_bytes_atomic
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import param_roles
 from pgolf.presets import get_preset
-from pgolf.quant.export import CALIBRATION_BATCH_SEQS
+from pgolf.quant.gptq import CALIBRATION_BATCH_SEQS
 from pgolf.quant.gptq import collect_hessians
 from pgolf.quant.qat import qat_switch
 

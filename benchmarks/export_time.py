@@ -26,8 +26,9 @@ from pgolf.bundle import code_bytes
 from pgolf.cli import run_dir_config
 from pgolf.config import config_to_dict
 from pgolf.model.roles import param_roles
-from pgolf.quant.export import (SENSITIVITY_FILE, calibration_for, load_run_model, load_sensitivity, stored_run_config,
+from pgolf.quant.export import (SENSITIVITY_FILE, load_run_model, load_sensitivity, stored_run_config,
                                 tensor_report, write_artifact)
+from pgolf.quant.gptq import calibration_for
 
 TARGET_SECONDS = 30.0
 

@@ -17,7 +17,7 @@ from helpers_quant import export, small_config, trained_like, with_quant
 from pgolf.artifact import read_artifact
 from pgolf.data import loader, shards
 from pgolf.model.roles import param_roles
-from pgolf.quant.export import calibration_for
+from pgolf.quant.gptq import calibration_for
 from pgolf.quant import gptq
 from pgolf.quant.gptq import (_collect, calibrate, collect_hessians, factor_hessian, gptq_codes, output_error_per_row,
                               quantize_rows_gptq)

@@ -89,7 +89,7 @@ def gptq_calibration(cfg: RunConfig) -> Callable[[torch.nn.Module, Any], Any] | 
 
     def calibrate(model: torch.nn.Module, trainer: Any, seconds_left: float | None) -> Any:
         from pgolf.model.roles import param_roles
-        from pgolf.quant.export import calibration_for
+        from pgolf.quant.gptq import calibration_for
 
         return calibration_for(model, cfg, list(param_roles(model)), seconds=seconds_left)
 

@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # the GPTQ module ships only with quant.gptq
 
 SENSITIVITY_FILE = "sensitivity.json"
 RAW_WEIGHTS_FILE = "final_model.safetensors"
-CALIBRATION_BATCH_SEQS = 8  # sequences per calibration forward pass
 
 
 @dataclass
@@ -122,33 +121,6 @@ def load_sensitivity(path: Path) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in data.items()}
 
 
-def calibration_for(model: nn.Module, cfg: RunConfig, names: list[str], *, seconds: float | None = None) -> Calibration:
-    """GPTQ Hessians from the run's TRAINING shards (or self-generated text), timed: forwards in the run's
-    dtype, the batches split over the ranks of a distributed run (each rank reads the same stream and
-    forwards its share; the sums are all-reduced), at most `seconds` long when given."""
-    import torch.distributed as torch_dist
-
-    from pgolf import dist
-    from pgolf.data.loader import DistributedTokenLoader
-    from pgolf.data.shards import list_shards
-    from pgolf.quant.gptq import calibrate, training_batches  # shipped only with quant.gptq
-
-    q = cfg.quant
-    device = next(model.parameters()).device
-    seq_len = q.gptq_seq_len or cfg.train.train_seq_len
-    split = dict(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size()) if dist.is_active() else {}
-    options = dict(autocast_bf16=dist.use_bf16(cfg.train.dtype, device), seconds=seconds)
-    if q.gptq_calibration == "self":
-        gen = {"num_seqs": q.gptq_batches, "seq_len": seq_len, "vocab_size": cfg.model.vocab_size,
-               "temperature": q.gptq_temperature, "seed": cfg.train.seed}
-        return calibrate(model, None, device, names=names, self_generate=gen, **options)  # type: ignore[arg-type]
-    loader = DistributedTokenLoader(list_shards(cfg.dataset_dir, "train"), rank=0, world_size=1,
-                                    vocab_size=cfg.model.vocab_size)
-    sizes = [min(CALIBRATION_BATCH_SEQS, q.gptq_batches - i) for i in range(0, q.gptq_batches, CALIBRATION_BATCH_SEQS)]
-    batches = (b for n in sizes for b in training_batches(loader, 1, n * seq_len, seq_len))
-    return calibrate(model, batches, device, names=names, **options, **split)  # type: ignore[arg-type]
-
-
 def export_model(model: nn.Module, cfg: RunConfig, path: str | Path, *, code_bytes: int,
                  sensitivity: Mapping[str, float] | None = None, calibration: Calibration | None = None,
                  extra_meta: dict[str, Any] | None = None) -> ExportResult:
@@ -158,6 +130,8 @@ def export_model(model: nn.Module, cfg: RunConfig, path: str | Path, *, code_byt
 
     roles = param_roles(model)
     if cfg.quant.gptq and calibration is None:
+        from pgolf.quant.gptq import calibration_for
+
         calibration = calibration_for(model, cfg, list(roles))
     result = write_artifact(path, model, roles=roles, quant=cfg.quant, model_config=config_to_dict(cfg.model),
                             run_config=stored_run_config(cfg), code_bytes=code_bytes,

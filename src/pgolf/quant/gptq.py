@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from pgolf.config import RunConfig
 from pgolf.quant.intx import as_groups, clip_candidates, scales_from_clip
 from pgolf.quant.layout import TensorPlan, qmax
 
@@ -352,3 +353,32 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor] | None, device: torch.
         torch.cuda.synchronize(device)
     return Calibration(hessians=hessians, seconds=time.perf_counter() - t0, num_tokens=tokens, source=source,
                        cut_short=cut)
+
+
+CALIBRATION_BATCH_SEQS = 8  # sequences per calibration forward pass
+
+
+def calibration_for(model: nn.Module, cfg: RunConfig, names: list[str], *, seconds: float | None = None) -> Calibration:
+    """GPTQ Hessians from the run's TRAINING shards (or self-generated text), timed: forwards in the run's
+    dtype, the batches split over the ranks of a distributed run (each rank reads the same stream and
+    forwards its share; the sums are all-reduced), at most `seconds` long when given."""
+    import torch.distributed as torch_dist
+
+    from pgolf import dist
+    from pgolf.data.loader import DistributedTokenLoader
+    from pgolf.data.shards import list_shards
+
+    q = cfg.quant
+    device = next(model.parameters()).device
+    seq_len = q.gptq_seq_len or cfg.train.train_seq_len
+    split = dict(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size()) if dist.is_active() else {}
+    options = dict(autocast_bf16=dist.use_bf16(cfg.train.dtype, device), seconds=seconds)
+    if q.gptq_calibration == "self":
+        gen = {"num_seqs": q.gptq_batches, "seq_len": seq_len, "vocab_size": cfg.model.vocab_size,
+               "temperature": q.gptq_temperature, "seed": cfg.train.seed}
+        return calibrate(model, None, device, names=names, self_generate=gen, **options)  # type: ignore[arg-type]
+    loader = DistributedTokenLoader(list_shards(cfg.dataset_dir, "train"), rank=0, world_size=1,
+                                    vocab_size=cfg.model.vocab_size)
+    sizes = [min(CALIBRATION_BATCH_SEQS, q.gptq_batches - i) for i in range(0, q.gptq_batches, CALIBRATION_BATCH_SEQS)]
+    batches = (b for n in sizes for b in training_batches(loader, 1, n * seq_len, seq_len))
+    return calibrate(model, batches, device, names=names, **options, **split)  # type: ignore[arg-type]
