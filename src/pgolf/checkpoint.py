@@ -7,7 +7,7 @@ replaced by its name; the skeleton travels in the safetensors header's metadata,
 everything and one atomic rename (`pgolf.fileio.write_bytes_atomic`) commits it: a crash leaves the
 previous checkpoint or the new one, never half of one. Loading parses JSON and safetensors only
 (no pickle, no torch.load), and rebuilds exactly what was saved (int dict keys, tuples, dtypes, NaN).
-The random generators' states in it come from `pgolf.train.rng_state`.
+The random generators' states in it come from `pgolf.rng`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -44,37 +42,10 @@ from pgolf.model.gpt import GPT, count_parameters
 from pgolf.model.layers import clear_weight_transforms
 from pgolf.optim.groups import build_optimizers, decay_weights_, describe_groups
 from pgolf.optim.schedule import SchedulePoint, apply_lr, schedule_at
+from pgolf.rng import rng_state, set_rng_state
 from pgolf.runlog import RunLogger, format_step_line, peak_memory_bytes
 
 EvalCallback = Callable[[nn.Module, int], dict[str, float]]
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every random generator's state: torch CPU, the run's CUDA device, numpy global, Python global."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4]),
-                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))},
-        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore what `rng_state` captured."""
-    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
-    n = state["numpy"]
-    np.random.set_state((n["key"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
 
 
 class NoCheckpoints:
