@@ -259,8 +259,6 @@ def without_defs(sources: dict[str, str], dead: list[tuple[str, str, int]]) -> d
     return out
 
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
-           ast.DictComp, ast.GeneratorExp)
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Calls that can reach a function's locals by their spelling: a function holding one keeps every name.
 _INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "dir"})
