@@ -255,6 +255,11 @@ def test_minified_renames_locals_without_changing_behaviour() -> None:
     assert "nonlocal" in small and "hidden" in small  # a locals() caller keeps every name
     assert "\n    " not in small and "\n  nonlocal total" in small  # one space per level
     assert len(small) < len(_TRICKY)
+    # a multi-line docstring (kept by a raw module, not by the bundle's stripping) keeps its indented lines
+    doc = 'def g():\n    """first\n        second"""\n    return g.__doc__\n'
+    ns: dict = {}
+    exec(compile(minified(doc), "d", "exec"), ns)
+    assert ns["g"]() == "first\n        second"
 
 
 def test_shipped_sources_are_minified_and_compile() -> None:
