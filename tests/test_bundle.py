@@ -36,9 +36,10 @@ else:
     code = 0
 mods = sorted(m for m in sys.modules if m == "pgolf" or m.startswith("pgolf."))
 origins = sorted({{getattr(sys.modules[m].__spec__, "origin", None) for m in mods}})
-open("imported.json", "w").write(json.dumps({{"modules": mods, "origins": origins}}))
+open({out}, "w").write(json.dumps({{"modules": mods, "origins": origins}}))
 sys.exit(code)
 """
+IMPORTED = '"imported.json"'
 
 
 def pgolf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -92,7 +93,7 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     assert made.returncode == 0, made.stderr[-3000:]
     # PYTHONPATH keeps what else it holds (dependencies installed with pip --target); HIDDEN drops pgolf
     env = env_without_package("pgolf")
-    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--run_id", "seed1337"])],
+    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--run_id", "seed1337"], out=IMPORTED)],
                           cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -110,10 +111,45 @@ def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) ->
     assert imported["origins"] == ["train_gpt.py"]  # and every module came from the bundle
 
     # a flag that switches on a module the script was built without: one line and exit 2, not a traceback
-    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--eval.ttt", "lora"])],
+    proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--eval.ttt", "lora"], out=IMPORTED)],
                           cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "built without pgolf.eval.lora" in proc.stderr
+
+
+def test_bundle_runs_under_torchrun_without_pgolf(tmp_path: Path) -> None:
+    # `torchrun --nproc_per_node=2 train_gpt.py` (gloo): every rank loads the modules from the bundle and the
+    # 2-process run trains as the package's 1-process run does (fp32; only the gradient sums' order differs)
+    flags = ["--preset", "test-tiny", "--train.iterations", "4", "--train.warmup_steps", "0",
+             "--train.val_loss_every", "0", "--train.dtype", "float32"]
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    ran = pgolf("run", *flags, "--run_id", "one", cwd=pkg)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "data").symlink_to(pkg / "data", target_is_directory=True)
+    made = pgolf("bundle", *flags, "-o", str(shipped / "train_gpt.py"), cwd=pkg)
+    assert made.returncode == 0, made.stderr[-3000:]
+    (shipped / "hidden.py").write_text(HIDDEN.format(src=SRC, args=["--run_id", "two"],
+                                                     out='f"imported{os.environ[\'RANK\']}.json"'))
+    env = {**env_without_package("pgolf"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "hidden.py"], cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    a = json.loads((pkg / "runs/one/summary.json").read_text())
+    b = json.loads((shipped / "runs/two/summary.json").read_text())
+    assert b["code_bytes"] == (shipped / "train_gpt.py").stat().st_size == a["code_bytes"]
+    assert b["world_size"] == 2 and a["world_size"] == 1
+    losses = [[json.loads(ln)["loss"] for ln in (root / "metrics.jsonl").read_text().splitlines()
+               if json.loads(ln)["event"] == "step"] for root in (pkg / "runs/one", shipped / "runs/two")]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+    assert losses[0][-1] < losses[0][0]  # it trained: not a comparison of two constant sequences
+    assert b["val_bpb"] == pytest.approx(a["val_bpb"], abs=1e-3)
+    for rank in (0, 1):
+        imported = json.loads((shipped / f"imported{rank}.json").read_text())
+        assert imported["origins"] == ["train_gpt.py"], rank
 
 
 def test_a_run_that_needs_a_missing_feature_module_is_refused_up_front() -> None:

@@ -349,7 +349,7 @@ def _spelled(node: ast.AST) -> set[str]:
         elif isinstance(n, (ast.Global, ast.Nonlocal)):
             out.update(n.names)
         elif isinstance(n, ast.alias):
-            out.update({n.name.split(".")[-1], n.name.split(".")[0], n.asname or ""})
+            out.update({n.name.split(".")[-1], n.name.split(".")[0], *([n.asname] if n.asname else [])})
         elif isinstance(n, ast.keyword) and n.arg:
             out.add(n.arg)
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -157,8 +157,22 @@ class DistributedTokenLoader:
 
 
 
+class TrainLoader(Protocol):
+    """What the training loop (and GPTQ calibration, checkpoints) use of a training loader: the stream's
+    `DistributedTokenLoader` and `pgolf.data.shuffled.ShuffledSequenceLoader` both are one."""
+
+    @property
+    def tokens_consumed(self) -> int: ...
+
+    def next_batch(self, micro_batch_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 def build_loader(paths: Sequence[str | os.PathLike[str]], *, data_order: str, seed: int, rank: int,
-                 world_size: int, seq_len: int, vocab_size: int | None = None) -> Any:
+                 world_size: int, seq_len: int, vocab_size: int | None = None) -> TrainLoader:
     """The training loader of a `train.data_order`: the challenge's stream, its seeded variant, or shuffled
     (`pgolf.data.shuffled`, imported only then);
     with `vocab_size`, every shard's ids are checked against it once, when the shard is first opened."""
