@@ -286,8 +286,8 @@ def test_minified_renames_locals_without_changing_behaviour() -> None:
     small = minified(_TRICKY)
     assert run(small) == run(_TRICKY)
     assert "caught" not in small and "squares" not in small and "index" not in small  # locals renamed
-    assert "total +=" in small and "mine" not in small  # ... except one a nested function declares nonlocal
-    assert "def f(alpha, *rest, beta=2, **kw):" in small  # parameters keep their names (keyword calls)
+    assert "total+=" in small and "mine" not in small  # ... except one a nested function declares nonlocal
+    assert "def f(alpha,*rest,beta=2,**kw):" in small  # parameters keep their names (keyword calls)
     assert "nonlocal" in small and "hidden" in small  # a locals() caller keeps every name
     assert "\n    " not in small and "\n  nonlocal total" in small  # one space per level
     assert len(small) < len(_TRICKY)
@@ -296,6 +296,75 @@ def test_minified_renames_locals_without_changing_behaviour() -> None:
     ns: dict = {}
     exec(compile(minified(doc), "d", "exec"), ns)
     assert ns["g"]() == "first\n        second"
+
+
+_SPACING = '''
+import math as m
+W = 1 if m.pi else 2
+X = [1 .real, 0x1F or 2, 1e3, 2 ** -1, - -3, not 0, 5 in (5,), 'a' 'b', b'x', -1 < -2]
+def g(a, b=2, *c, d, **e):
+    t = f'{a!r:>6} {b:0.2f} {"q" + str(d)}' f"{{}} {a=}" + r'\\d' + """
+    kept   as   is
+"""
+    return t if a else 'no', ..., (lambda *z, **k: (z, k))(a, q=-1), [x for x in c if x is not None]
+class K(dict, metaclass=type):
+    v: int = 3
+    def __init__(self, **kw):
+        super().__init__(**kw)
+Y = (g(1, d=4), g(0, 3, 4, 5, d=None, z=1), K(a=1), X, W)
+'''
+
+
+def test_squeezed_keeps_every_token_and_drops_the_spaces_between() -> None:
+    import ast
+
+    from pgolf.bundle import squeezed
+
+    small = squeezed(_SPACING)
+    ran: list[dict] = [{}, {}]
+    exec(compile(_SPACING, "a", "exec"), ran[0])
+    exec(compile(small, "b", "exec"), ran[1])
+    assert ran[1]["Y"] == ran[0]["Y"]
+    assert ast.dump(ast.parse(small)) == ast.dump(ast.parse(_SPACING))
+    assert "W=1 if m.pi else 2" in small and "1 .real" in small and "0x1F or 2" in small
+    assert "def g(a,b=2,*c,d,**e):" in small and "\n t=f'{a!r:>6} {b:0.2f}" in small
+    assert '"""\n    kept   as   is\n"""' in small  # a string's own text, newlines and spaces, as it was
+    assert "\n\n" not in small and len(small) < 0.9 * len(_SPACING)
+
+
+def test_shipped_sources_and_streams_are_cached_and_never_trusted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import pgolf.bundle as bundle
+
+    monkeypatch.setattr(bundle, "cache_dir", lambda: tmp_path)
+    bundle._compress.cache_clear()  # what earlier tests left in memory
+    cfg = get_preset("test-tiny")
+    first, made = shipped_sources(cfg), build_bundle(cfg)
+    files = {p.name.split(".")[1]: p for p in tmp_path.iterdir()}
+    assert set(files) == {"sources", "packed"}
+    # a second process: nothing in memory, and minifying or compressing again would fail
+    bundle._shaken.cache_clear()
+    bundle._compress.cache_clear()
+    monkeypatch.setattr(bundle, "minified", lambda src: pytest.fail("minified again"))
+    monkeypatch.setattr(bundle.lzma, "compress", lambda *a, **k: pytest.fail("compressed again"))
+    assert shipped_sources(cfg) == first and build_bundle(cfg) == made
+    # a cache file that is not what was written is rebuilt, never used
+    monkeypatch.undo()
+    monkeypatch.setattr(bundle, "cache_dir", lambda: tmp_path)
+    bundle._compress.cache_clear()
+    files["sources"].write_text(json.dumps({"key": "other", "sources": {"pgolf.main": "import os"}}))
+    codec, packed = files["packed"].read_bytes().split(b"\0", 1)
+    files["packed"].write_bytes(codec + b"\0" + bundle._compress.__wrapped__(b"not the payload")[1])
+    assert shipped_sources(cfg) == first and build_bundle(cfg) == made
+    # the key follows every file of the package: an edited module is a different key
+    digest = bundle._package_digest()
+    (bundle.package_root() / "errors.py").touch()
+    assert bundle._package_digest() == digest  # same bytes, same key
+    monkeypatch.setattr(bundle, "package_root", lambda: tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    one = bundle._package_digest()
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert bundle._package_digest() != one
 
 
 def test_shipped_sources_are_minified_and_compile() -> None:

@@ -7,12 +7,15 @@ exactly the pgolf modules a run of its config imports to train, export, reload a
 on (`FEATURE_MODULES`). Each module is stripped by an AST round-trip (docstrings, comments, function
 annotations go; class-level field annotations stay, dataclasses need them), the top-level functions and
 classes that no code reachable from the run names are left out (`unreferenced_defs`), each function's
-locals are renamed to short names and indentation narrowed to one space (`minified`), the modules are
+locals are renamed to short names and the code re-spelled token by token with one space per indentation
+level and no space a token does not need (`minified`, `squeezed`; checked by comparing ASTs), the modules are
 joined with NUL separators, compressed with raw LZMA2 or brotli (whichever is smaller) and stored as one
 string literal inside a loader of a few lines that imports the modules from memory and calls `pgolf.main.bundle_main` with the baked
 config. The file is declared latin-1, so each compressed byte is one character of the literal and
 only the five a literal cannot hold raw are escaped (about 3% over the compressed size, where base85
-costs 25%). Building is deterministic: the same sources and config give the same bytes.
+costs 25%). Building is deterministic: the same sources and config give the same bytes. The shipped
+sources and the compressed stream are cached beside the package's bytecode, keyed by the package's
+files, so only the first process after an edit pays the ~2 s of minifying and compressing.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import hashlib
+import io
 import itertools
 import json
 import keyword
 import lzma
-import re
 import string
+import sys
+import tokenize
 from pathlib import Path
 
 import brotli
@@ -381,13 +387,57 @@ def minified(src: str) -> str:
             visit(child)
 
     visit(tree)
-    out = ast.unparse(tree)
-    narrow = re.sub(r"(?m)^((?:    )+)", lambda m: " " * (len(m.group(1)) // 4), out)
-    # A line that starts inside a multi-line string would change with its indentation: keep the wide form then.
-    # ast.unparse writes every other string on one line, so only a triple quote needs the (slow) comparison.
-    if ('"""' in out or "'''" in out) and ast.dump(ast.parse(narrow)) != ast.dump(ast.parse(out)):
-        return out + "\n"
-    return narrow + "\n"
+    out = ast.unparse(tree) + "\n"
+    small = squeezed(out)
+    # the token rules keep every program the same; the comparison makes that a check, not a belief
+    return small if ast.dump(ast.parse(small)) == ast.dump(ast.parse(out)) else out
+
+
+_WORDS = (tokenize.NAME, tokenize.NUMBER)
+_FSTRING_START, _FSTRING_END = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
+
+
+def squeezed(src: str) -> str:
+    """`src` re-spelled token by token: one space per indentation level, no blank lines, and a space between
+    two tokens only where they would otherwise run together (two words, a number before a word or a dot, a
+    word before a string). Strings, f-strings included, keep their exact text."""
+    starts = [0]
+    for line in io.StringIO(src, newline="\n"):
+        starts.append(starts[-1] + len(line))
+    out: list[str] = []
+    depth, prev, fstring, nested = 0, None, None, 0
+    for tok in tokenize.generate_tokens(io.StringIO(src, newline="\n").readline):
+        kind = tok.type
+        if kind == _FSTRING_START:  # Python 3.12+: an f-string is many tokens; copy its text whole
+            nested += 1
+            fstring = fstring or tok
+            continue
+        if nested:
+            if kind == _FSTRING_END:
+                nested -= 1
+                if not nested:
+                    (r0, c0), (r1, c1) = fstring.start, tok.end
+                    tok = tokenize.TokenInfo(tokenize.STRING, src[starts[r0 - 1] + c0:starts[r1 - 1] + c1],
+                                             fstring.start, tok.end, "")
+                    kind, fstring = tokenize.STRING, None
+            if nested:
+                continue
+        if kind == tokenize.INDENT:
+            depth += 1
+        elif kind == tokenize.DEDENT:
+            depth -= 1
+        elif kind == tokenize.NEWLINE:
+            out.append("\n")
+            prev = None
+        elif kind not in (tokenize.NL, tokenize.COMMENT, tokenize.ENDMARKER):
+            if prev is None:
+                out.append(" " * depth)
+            elif ((prev.type in _WORDS and (kind in _WORDS or (kind == tokenize.STRING and prev.type == tokenize.NAME)))
+                  or (prev.type == tokenize.NUMBER and tok.string[0] == ".")):
+                out.append(" ")
+            out.append(tok.string)
+            prev = tok
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=8)
@@ -398,16 +448,100 @@ def _shaken(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
 
 def shipped_sources(cfg: RunConfig) -> dict[str, str]:
     """Module name -> the source the bundle of `cfg` ships: stripped, without the top-level definitions that
-    nothing the run can reach names (the writers of `pgolf prepare`, the helpers of `pgolf quantize`, ...)."""
-    return dict(_shaken(tuple((name, stripped_source(name)) for name in bundle_modules(cfg))))
+    nothing the run can reach names (the writers of `pgolf prepare`, the helpers of `pgolf quantize`, ...),
+    minified. A function of the package's files and the feature modules `cfg` switches on, so it is kept on
+    disk beside the package's bytecode (`cache_dir`) and a process whose package is unchanged reads it."""
+    key = hashlib.sha256("\0".join([_package_digest(), *sorted(m for m, needed in FEATURE_MODULES.items()
+                                                                if needed(cfg))]).encode()).hexdigest()
+    cached = _read_cached(key)
+    if cached is not None:
+        return cached
+    sources = dict(_shaken(tuple((name, stripped_source(name)) for name in bundle_modules(cfg))))
+    _write_cached(key, sources)
+    return sources
+
+
+CACHE_PREFIX = "pgolf-bundle."
+CACHE_KEEP = 16  # cached bundles kept per folder (one per package version and set of feature modules)
+
+
+def cache_dir() -> Path:
+    """Where shipped sources are cached: the package's own __pycache__, as Python keeps its bytecode."""
+    return package_root() / "__pycache__"
+
+
+def _package_digest() -> str:
+    """sha256 of what shipped sources are made from: the Python version (ast.unparse's spelling) and every
+    source file of the package, by path and content (files unchanged since the last call are not read again)."""
+    root = package_root()
+    files = sorted(root.rglob("*.py"))
+    return _digest_of(str(root), tuple((str(p.relative_to(root)), p.stat().st_mtime_ns, p.stat().st_size)
+                                       for p in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_of(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256(repr(sys.version_info[:2]).encode())
+    for rel, _, _ in files:
+        digest.update(rel.encode() + b"\0" + (Path(root) / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _read_cached(key: str) -> dict[str, str] | None:
+    """The cached sources under `key`, or None when there are none or the file is not exactly what
+    `_write_cached` writes (anything else is rebuilt)."""
+    try:
+        data = json.loads(_cache_path("sources", key).read_bytes())
+    except (OSError, ValueError):
+        return None
+    sources = data.get("sources") if isinstance(data, dict) and data.get("key") == key else None
+    if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and (k == "pgolf" or k.startswith("pgolf.")) for k, v in sources.items()):
+        return None
+    return sources
+
+
+def _write_cached(key: str, sources: dict[str, str]) -> None:
+    _cache_write(_cache_path("sources", key), json.dumps({"key": key, "sources": sources}).encode())
+
+
+def _cache_path(kind: str, key: str) -> Path:
+    return cache_dir() / f"{CACHE_PREFIX}{kind}.{key[:32]}"
+
+
+def _cache_write(path: Path, data: bytes) -> None:
+    """Write one cache file atomically and keep only the newest CACHE_KEEP of its kind; a folder that cannot be
+    written (a read-only install) just means no cache."""
+    try:
+        write_bytes_atomic(path, data)
+        kind = path.name.rsplit(".", 1)[0]
+        old = sorted(path.parent.glob(f"{kind}.*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for stale in old[CACHE_KEEP:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+_DECOMPRESS = {"lzma": lambda b: lzma.decompress(b, lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]),
+               "brotli": brotli.decompress}
 
 
 @functools.lru_cache(maxsize=8)
 def _compress(raw: bytes) -> tuple[str, bytes]:
-    """("lzma" | "brotli", bytes): whichever codec gives the smaller stream."""
+    """("lzma" | "brotli", bytes): whichever codec gives the smaller stream. Kept on disk by the payload's
+    sha256 (`cache_dir`); a cached stream is used only if it decompresses to exactly `raw`."""
+    path = _cache_path("packed", hashlib.sha256(raw).hexdigest())
+    try:
+        codec, packed = path.read_bytes().split(b"\0", 1)
+        if _DECOMPRESS[codec.decode()](packed) == raw:
+            return codec.decode(), packed
+    except (OSError, ValueError, KeyError, lzma.LZMAError, brotli.error):
+        pass
     candidates = [("lzma", lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),
                   ("brotli", brotli.compress(raw, quality=11, lgwin=24))]
-    return min(candidates, key=lambda c: (len(c[1]), c[0]))
+    best = min(candidates, key=lambda c: (len(c[1]), c[0]))
+    _cache_write(path, best[0].encode() + b"\0" + best[1])
+    return best
 
 
 _LOADER = {
