@@ -356,6 +356,10 @@ def test_shipped_sources_and_streams_are_cached_and_never_trusted(tmp_path: Path
     codec, packed = files["packed"].read_bytes().split(b"\0", 1)
     files["packed"].write_bytes(codec + b"\0" + bundle._compress.__wrapped__(b"not the payload")[1])
     assert shipped_sources(cfg) == first and build_bundle(cfg) == made
+    # only the newest files of each kind stay
+    monkeypatch.setattr(bundle, "CACHE_KEEP", {"sources": 1, "packed": 1})
+    build_bundle(apply_overrides(cfg, ["--eval.ngram_order", "3"]))
+    assert sorted(p.name.split(".")[1] for p in tmp_path.iterdir()) == ["packed", "sources"]
     # the key follows every file of the package: an edited module is a different key
     digest = bundle._package_digest()
     (bundle.package_root() / "errors.py").touch()

@@ -462,7 +462,9 @@ def shipped_sources(cfg: RunConfig) -> dict[str, str]:
 
 
 CACHE_PREFIX = "pgolf-bundle."
-CACHE_KEEP = 16  # cached bundles kept per folder (one per package version and set of feature modules)
+# files kept per kind: shipped sources (one per package version and set of feature modules, ~200 kB each) and
+# compressed streams (one per payload, which holds the baked config, ~50 kB each)
+CACHE_KEEP = {"sources": 16, "packed": 64}
 
 
 def cache_dir() -> Path:
@@ -510,13 +512,13 @@ def _cache_path(kind: str, key: str) -> Path:
 
 
 def _cache_write(path: Path, data: bytes) -> None:
-    """Write one cache file atomically and keep only the newest CACHE_KEEP of its kind; a folder that cannot be
+    """Write one cache file atomically and keep only the newest CACHE_KEEP[kind] of its kind; a folder that cannot be
     written (a read-only install) just means no cache."""
     try:
         write_bytes_atomic(path, data)
         kind = path.name.rsplit(".", 1)[0]
         old = sorted(path.parent.glob(f"{kind}.*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-        for stale in old[CACHE_KEEP:]:
+        for stale in old[CACHE_KEEP[kind.removeprefix(CACHE_PREFIX)]:]:
             stale.unlink(missing_ok=True)
     except OSError:
         pass
