@@ -80,75 +80,78 @@ def test_bundle_is_deterministic_and_follows_the_config() -> None:
     assert "pgolf.prepare" not in bundle_modules(cfg)
 
 
-def test_bundle_runs_without_pgolf_and_reproduces_the_package(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
+# 4 float32 steps of test-tiny (val loss every 2): fp32, so that 2 ranks reach the same losses as one process
+FLAGS = ["--preset", "test-tiny", "--train.iterations", "4", "--train.val_loss_every", "2", "--train.warmup_steps", "0",
+         "--train.dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a folder where the package ran FLAGS as run seed1337, a folder holding only the data and the bundle of
+    FLAGS as train_gpt.py)."""
+    root = tmp_path_factory.mktemp("bundle")
+    pkg = root / "pkg"
     pkg.mkdir()
-    flags = ["--preset", "test-tiny", "--train.iterations", "4", "--train.val_loss_every", "2"]
-    ran = pgolf("run", *flags, "--run_id", "seed1337", cwd=pkg)
+    ran = pgolf("run", *FLAGS, "--run_id", "seed1337", cwd=pkg)
     assert ran.returncode == 0, ran.stderr[-3000:]
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    (shipped / "data").symlink_to(pkg / "data", target_is_directory=True)  # only the data, no source
-    made = pgolf("bundle", *flags, "-o", str(shipped / "train_gpt.py"), cwd=pkg)
+    folder = root / "shipped"
+    folder.mkdir()
+    (folder / "data").symlink_to(pkg / "data", target_is_directory=True)  # only the data, no source
+    made = pgolf("bundle", *FLAGS, "-o", str(folder / "train_gpt.py"), cwd=pkg)
     assert made.returncode == 0, made.stderr[-3000:]
+    return pkg, folder
+
+
+def test_bundle_runs_without_pgolf_and_reproduces_the_package(shipped: tuple[Path, Path]) -> None:
+    pkg, folder = shipped
     # PYTHONPATH keeps what else it holds (dependencies installed with pip --target); HIDDEN drops pgolf
     env = env_without_package("pgolf")
     proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--run_id", "seed1337"], out=IMPORTED)],
-                          cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+                          cwd=folder, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a = json.loads((pkg / "runs/seed1337/summary.json").read_text())
-    b = json.loads((shipped / "runs/seed1337/summary.json").read_text())
-    size = (shipped / "train_gpt.py").stat().st_size
+    b = json.loads((folder / "runs/seed1337/summary.json").read_text())
+    size = (folder / "train_gpt.py").stat().st_size
     assert b["code_bytes"] == size == a["code_bytes"]
     assert b["val_bpb"] == a["val_bpb"] and b["model_bytes"] == a["model_bytes"]
-    assert (shipped / "runs/seed1337/final_model.int8.ptz").read_bytes() == \
+    assert (folder / "runs/seed1337/final_model.int8.ptz").read_bytes() == \
         (pkg / "runs/seed1337/final_model.int8.ptz").read_bytes()
 
-    imported = json.loads((shipped / "imported.json").read_text())
-    cfg = apply_overrides(get_preset("test-tiny"), flags[2:])
+    imported = json.loads((folder / "imported.json").read_text())
+    cfg = apply_overrides(get_preset("test-tiny"), FLAGS[2:])
     assert imported["modules"] == bundle_modules(cfg)  # nothing shipped that the run did not import
     assert imported["origins"] == ["train_gpt.py"]  # and every module came from the bundle
 
     # a flag that switches on a module the script was built without: one line and exit 2, not a traceback
     proc = subprocess.run([sys.executable, "-c", HIDDEN.format(src=SRC, args=["--eval.ttt", "lora"], out=IMPORTED)],
-                          cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+                          cwd=folder, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "built without pgolf.eval.lora" in proc.stderr
 
 
-def test_bundle_runs_under_torchrun_without_pgolf(tmp_path: Path) -> None:
+def test_bundle_runs_under_torchrun_without_pgolf(shipped: tuple[Path, Path]) -> None:
     # `torchrun --nproc_per_node=2 train_gpt.py` (gloo): every rank loads the modules from the bundle and the
     # 2-process run trains as the package's 1-process run does (fp32; only the gradient sums' order differs)
-    flags = ["--preset", "test-tiny", "--train.iterations", "4", "--train.warmup_steps", "0",
-             "--train.val_loss_every", "0", "--train.dtype", "float32"]
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    ran = pgolf("run", *flags, "--run_id", "one", cwd=pkg)
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    (shipped / "data").symlink_to(pkg / "data", target_is_directory=True)
-    made = pgolf("bundle", *flags, "-o", str(shipped / "train_gpt.py"), cwd=pkg)
-    assert made.returncode == 0, made.stderr[-3000:]
-    (shipped / "hidden.py").write_text(HIDDEN.format(src=SRC, args=["--run_id", "two"],
-                                                     out='f"imported{os.environ[\'RANK\']}.json"'))
+    pkg, folder = shipped
+    (folder / "hidden.py").write_text(HIDDEN.format(src=SRC, args=["--run_id", "two"],
+                                                    out='f"imported{os.environ[\'RANK\']}.json"'))
     env = {**env_without_package("pgolf"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "hidden.py"], cwd=shipped, capture_output=True, text=True, timeout=600, env=env)
+                           "hidden.py"], cwd=folder, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    a = json.loads((pkg / "runs/one/summary.json").read_text())
-    b = json.loads((shipped / "runs/two/summary.json").read_text())
-    assert b["code_bytes"] == (shipped / "train_gpt.py").stat().st_size == a["code_bytes"]
+    a = json.loads((pkg / "runs/seed1337/summary.json").read_text())
+    b = json.loads((folder / "runs/two/summary.json").read_text())
+    assert b["code_bytes"] == (folder / "train_gpt.py").stat().st_size == a["code_bytes"]
     assert b["world_size"] == 2 and a["world_size"] == 1
     losses = [[json.loads(ln)["loss"] for ln in (root / "metrics.jsonl").read_text().splitlines()
-               if json.loads(ln)["event"] == "step"] for root in (pkg / "runs/one", shipped / "runs/two")]
+               if json.loads(ln)["event"] == "step"] for root in (pkg / "runs/seed1337", folder / "runs/two")]
     assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
     assert losses[0][-1] < losses[0][0]  # it trained: not a comparison of two constant sequences
     assert b["val_bpb"] == pytest.approx(a["val_bpb"], abs=1e-3)
     for rank in (0, 1):
-        imported = json.loads((shipped / f"imported{rank}.json").read_text())
+        imported = json.loads((folder / f"imported{rank}.json").read_text())
         assert imported["origins"] == ["train_gpt.py"], rank
 
 
