@@ -476,9 +476,8 @@ def _package_digest() -> str:
     """sha256 of what shipped sources are made from: the Python version (ast.unparse's spelling) and every
     source file of the package, by path and content (files unchanged since the last call are not read again)."""
     root = package_root()
-    files = sorted(root.rglob("*.py"))
-    return _digest_of(str(root), tuple((str(p.relative_to(root)), p.stat().st_mtime_ns, p.stat().st_size)
-                                       for p in files))
+    stats = [(str(p.relative_to(root)), p.stat()) for p in sorted(root.rglob("*.py"))]
+    return _digest_of(str(root), tuple((rel, st.st_mtime_ns, st.st_size) for rel, st in stats))
 
 
 @functools.lru_cache(maxsize=8)
