@@ -156,7 +156,7 @@ def cpu_record_1992_legal() -> RunConfig:
 def cpu_record_tuned() -> RunConfig:
     """What measured better than cpu-baseline on the CPU track itself (docs/LOG.md, 2026-11-26 ablations):
     LeakyReLU(0.5)^2, a smaller batch (more steps in the same seconds), learning rates 0.56x cpu-baseline's
-    with decoupled weight decay 0.04, Muon momentum 0.85 and Adam beta1 0.4, a warm-down over the whole budget,
+    with decoupled weight decay 0.04, Muon momentum 0.85 and Adam beta1 0.3, a warm-down over the whole budget,
     per-document LoRA test-time training at evaluation (score-first, inside 600 s, at a learning rate screened
     on a trained model) mixed with the model's own unadapted scores (`eval.mix_unadapted`) and a second LoRA pass's
     (`ttt.lora_mix_lr`), and order-8 n-gram caches of the already-scored validation tokens mixed into the
@@ -177,11 +177,12 @@ def cpu_record_tuned() -> RunConfig:
         # the Muon step 58-73 -> 31-33 ms, training 11-14% more tokens/s (docs/LOG.md)
         # Muon momentum 0.85 from the first step (cpu-baseline's warm-up starts there) instead of 0.95: at 1,600 steps
         # 0.99 / 0.95 / 0.9 / 0.85 / 0.8 scored 1.7060 (lr 0.7x, no weight decay) / 1.6641 / 1.6556 / 1.6505 / 1.6505
-        # (docs/LOG.md, 2026-11-28); Adam's beta1 (the tied embedding and the scalars) 0.4 instead of 0.9: at 1,600
-        # steps (float32) 0.9 / 0.8 / 0.7 / 0.6 / 0.5 / 0.4 scored 1.6519 / 1.6481 / 1.6410 / 1.6388 / 1.6370 / 1.6363
-        # on seed 1337 and 1.6550 / 1.6520 / 1.6448 / 1.6433 / 1.6415 / 1.6384 on seed 42 (docs/LOG.md, 2026-11-28)
+        # (docs/LOG.md, 2026-11-28); Adam's beta1 (the tied embedding and the scalars) 0.3 instead of 0.9: at 1,600
+        # steps (float32) 0.9 / 0.8 / 0.7 / 0.6 / 0.5 / 0.4 / 0.3 scored 1.6519 / 1.6481 / 1.6410 / 1.6388 / 1.6370 /
+        # 1.6363 / 1.6343 on seed 1337 and 1.6550 / 1.6520 / 1.6448 / 1.6433 / 1.6415 / 1.6384 / 1.6379 on seed 42
+        # (docs/LOG.md, 2026-11-28)
         optim=dict(matrix_lr=0.0224, scalar_lr=0.0224, tied_embed_lr=0.028, muon_wd=0.04, embed_wd=0.04, adam_wd=0.04,
-                   muon_momentum=0.85, beta1=0.4, muon_sharded=True, muon_batched=True),
+                   muon_momentum=0.85, beta1=0.3, muon_sharded=True, muon_batched=True),
         # 16 sequences of 256 in one micro-batch: at 180 s (eager, 2 seeds) 16,384 -> 8,192 tokens per step gained
         # 0.08 bpb and 8,192 -> 4,096 another 0.04, at equal tokens per second; at 600 s, where ~1,100 steps no
         # longer limit the run, the preset gains ~0.03 over cpu-baseline before its TTT (docs/LOG.md)
